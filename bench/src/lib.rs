@@ -1,0 +1,1 @@
+//! Shared helpers for the benchmark drivers: data files, synthetic shops, metrics output.
