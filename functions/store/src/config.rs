@@ -1,0 +1,320 @@
+//! Choosing a backend from configuration and bundling the stores for the service.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::dynamo::{DynamoOptions, DynamoStore};
+use crate::error::{Error, Result};
+use crate::ids::{BlobKey, TenantId};
+use crate::local_blobs::LocalBlobStore;
+use crate::s3::S3BlobStore;
+use crate::sqlite::SqliteStore;
+use crate::traits::{
+    BlobStore, CatalogStore, CustomerStore, KeyStore, ModelRegistry, OfferStore, PurchaseStore,
+    RecordStore, RetrainLock,
+};
+use crate::types::BlobMeta;
+
+/// Where records and blobs live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// Local default: a SQLite file and a blob folder.
+    Embedded {
+        /// SQLite database file.
+        db_path: PathBuf,
+        /// Folder for blobs.
+        blob_dir: PathBuf,
+    },
+    /// Everything in memory (SQLite `:memory:` and a map): for other crates' unit tests.
+    Memory,
+    /// DynamoDB tables and an S3 bucket; endpoint, region and credentials come from the
+    /// standard AWS environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
+    Aws {
+        /// Table name prefix.
+        table_prefix: String,
+        /// Artifact bucket.
+        bucket: String,
+        /// Object key prefix inside the bucket ("" for none).
+        blob_prefix: String,
+    },
+}
+
+impl Backend {
+    /// Reads `AFFINITY_BACKEND` (embedded|aws|memory, default embedded) and its settings:
+    /// embedded: `AFFINITY_DATA_DIR` (default `.affinity`) holding `affinity.db` and `blobs/`;
+    /// aws: `AFFINITY_TABLE_PREFIX` (default `affinity-`), `AFFINITY_BUCKET` (required),
+    /// `AFFINITY_BLOB_PREFIX` (default empty).
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Same as `from_env` with an injectable lookup (tests must not mutate the process env).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let kind = get("AFFINITY_BACKEND").unwrap_or_else(|| "embedded".into());
+        match kind.as_str() {
+            "embedded" => {
+                let dir =
+                    PathBuf::from(get("AFFINITY_DATA_DIR").unwrap_or_else(|| ".affinity".into()));
+                Ok(Backend::Embedded {
+                    db_path: dir.join("affinity.db"),
+                    blob_dir: dir.join("blobs"),
+                })
+            }
+            "memory" => Ok(Backend::Memory),
+            "aws" => {
+                let table_prefix =
+                    get("AFFINITY_TABLE_PREFIX").unwrap_or_else(|| "affinity-".into());
+                crate::dynamo::schema::validate_prefix(&table_prefix)?;
+                let bucket = get("AFFINITY_BUCKET")
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| {
+                        Error::invalid("AFFINITY_BUCKET", "must be set when AFFINITY_BACKEND=aws")
+                    })?;
+                let blob_prefix = get("AFFINITY_BLOB_PREFIX").unwrap_or_default();
+                Ok(Backend::Aws {
+                    table_prefix,
+                    bucket,
+                    blob_prefix,
+                })
+            }
+            other => Err(Error::invalid(
+                "AFFINITY_BACKEND",
+                format!("{other:?} is not one of embedded|aws|memory"),
+            )),
+        }
+    }
+}
+
+/// The stores the service needs, as trait objects; cheap to clone into handlers.
+#[derive(Clone)]
+pub struct Stores {
+    /// All record traits.
+    pub records: Arc<dyn RecordStore>,
+    /// Model artifacts.
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stores { .. }")
+    }
+}
+
+impl Stores {
+    /// Bundles existing stores (tests, custom wiring).
+    pub fn new(records: Arc<dyn RecordStore>, blobs: Arc<dyn BlobStore>) -> Self {
+        Self { records, blobs }
+    }
+
+    /// Opens the stores for a backend; for `Aws` the SDK config is loaded from the standard
+    /// environment with `aws_config::defaults(BehaviorVersion::latest())`.
+    pub async fn open(backend: &Backend) -> Result<Self> {
+        match backend {
+            Backend::Embedded { db_path, blob_dir } => Ok(Self::new(
+                Arc::new(SqliteStore::open(db_path).await?),
+                Arc::new(LocalBlobStore::new(blob_dir.clone())),
+            )),
+            Backend::Memory => Ok(Self::memory()?),
+            Backend::Aws {
+                table_prefix,
+                bucket,
+                blob_prefix,
+            } => {
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .load()
+                    .await;
+                Self::open_aws(
+                    &sdk,
+                    DynamoOptions::new(table_prefix.clone()),
+                    bucket,
+                    blob_prefix,
+                )
+            }
+        }
+    }
+
+    /// Opens DynamoDB + S3 stores from an explicit SDK config (tests point it at moto).
+    pub fn open_aws(
+        sdk: &aws_config::SdkConfig,
+        options: DynamoOptions,
+        bucket: &str,
+        blob_prefix: &str,
+    ) -> Result<Self> {
+        Ok(Self::new(
+            Arc::new(DynamoStore::new(sdk, options)?),
+            Arc::new(S3BlobStore::new(sdk, bucket, blob_prefix)?),
+        ))
+    }
+
+    /// In-memory stores.
+    pub fn memory() -> Result<Self> {
+        Ok(Self::new(
+            Arc::new(SqliteStore::open_in_memory()?),
+            Arc::new(MemoryBlobStore::default()),
+        ))
+    }
+
+    /// The purchase store view.
+    pub fn purchases(&self) -> Arc<dyn PurchaseStore> {
+        self.records.clone()
+    }
+
+    /// The catalog view.
+    pub fn catalog(&self) -> Arc<dyn CatalogStore> {
+        self.records.clone()
+    }
+
+    /// The customer view.
+    pub fn customers(&self) -> Arc<dyn CustomerStore> {
+        self.records.clone()
+    }
+
+    /// The offer view.
+    pub fn offers(&self) -> Arc<dyn OfferStore> {
+        self.records.clone()
+    }
+
+    /// The API key view.
+    pub fn keys(&self) -> Arc<dyn KeyStore> {
+        self.records.clone()
+    }
+
+    /// The model registry view.
+    pub fn models(&self) -> Arc<dyn ModelRegistry> {
+        self.records.clone()
+    }
+
+    /// The retrain lock view.
+    pub fn lock(&self) -> Arc<dyn RetrainLock> {
+        self.records.clone()
+    }
+}
+
+/// An SDK config for a loopback peer such as moto: explicit endpoint, region `us-east-1`,
+/// static `test`/`test` credentials and `sdk_max_attempts` SDK-level attempts (1 disables the
+/// SDK's retry). Tests and benchmarks use it instead of mutating the process environment.
+pub async fn peer_sdk_config(endpoint: &str, sdk_max_attempts: u32) -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    let creds = aws_credential_types::Credentials::new("test", "test", None, None, "affinity-peer");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .retry_config(RetryConfig::standard().with_max_attempts(sdk_max_attempts.max(1)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .operation_attempt_timeout(std::time::Duration::from_secs(60))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// Blobs in a map, for unit tests of other crates.
+#[derive(Debug, Default)]
+pub struct MemoryBlobStore {
+    blobs: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+}
+
+impl MemoryBlobStore {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Vec<u8>>> {
+        self.blobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryBlobStore {
+    async fn put(&self, tenant: &TenantId, key: &BlobKey, bytes: Vec<u8>) -> Result<()> {
+        self.map()
+            .insert((tenant.to_string(), key.to_string()), bytes);
+        Ok(())
+    }
+
+    async fn get(&self, tenant: &TenantId, key: &BlobKey) -> Result<Vec<u8>> {
+        self.map()
+            .get(&(tenant.to_string(), key.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::not_found("blob", key.to_string()))
+    }
+
+    async fn head(&self, tenant: &TenantId, key: &BlobKey) -> Result<Option<BlobMeta>> {
+        Ok(self
+            .map()
+            .get(&(tenant.to_string(), key.to_string()))
+            .map(|b| BlobMeta {
+                key: key.clone(),
+                size: b.len() as u64,
+            }))
+    }
+
+    async fn delete(&self, tenant: &TenantId, key: &BlobKey) -> Result<()> {
+        self.map().remove(&(tenant.to_string(), key.to_string()));
+        Ok(())
+    }
+
+    async fn list(&self, tenant: &TenantId, prefix: &str) -> Result<Vec<BlobMeta>> {
+        let prefix = BlobKey::parse_prefix(prefix)?;
+        let t = tenant.to_string();
+        let mut out = Vec::new();
+        for ((bt, k), v) in self.map().iter() {
+            if *bt == t && k.starts_with(&prefix) {
+                out.push(BlobMeta {
+                    key: BlobKey::parse(k.clone())?,
+                    size: v.len() as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(a, _)| *a == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn backend_defaults_to_embedded() {
+        let b = Backend::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(
+            b,
+            Backend::Embedded {
+                db_path: ".affinity/affinity.db".into(),
+                blob_dir: ".affinity/blobs".into()
+            }
+        );
+    }
+
+    #[test]
+    fn aws_backend_needs_a_bucket() {
+        assert!(Backend::from_lookup(lookup(&[("AFFINITY_BACKEND", "aws")])).is_err());
+        let b = Backend::from_lookup(lookup(&[
+            ("AFFINITY_BACKEND", "aws"),
+            ("AFFINITY_BUCKET", "artifacts"),
+            ("AFFINITY_TABLE_PREFIX", "shop-"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            b,
+            Backend::Aws {
+                table_prefix: "shop-".into(),
+                bucket: "artifacts".into(),
+                blob_prefix: String::new()
+            }
+        );
+        assert!(Backend::from_lookup(lookup(&[("AFFINITY_BACKEND", "cloud")])).is_err());
+    }
+}
