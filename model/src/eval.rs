@@ -1,0 +1,324 @@
+//! Offline evaluation: per-customer holdouts (random or latest purchases), full
+//! ranking over every item, and the usual top-k metrics, so model versions and
+//! baselines are compared on the same footing.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::interactions::Interactions;
+use crate::topk::TopK;
+
+/// Which of a customer's purchases are held out.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Holdout {
+    /// A seeded random fraction of each customer's items (at least one).
+    Random {
+        /// Share held out.
+        fraction: f64,
+        /// Shuffle seed.
+        seed: u64,
+    },
+    /// Each customer's most recently bought items (at least one).
+    Latest {
+        /// Share held out.
+        fraction: f64,
+    },
+}
+
+/// Training data with the held-out items removed, and those items per customer.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// What the model may learn from (same id maps as the full data).
+    pub train: Interactions,
+    /// Held-out item indices per customer row (empty when none).
+    pub test: Vec<Vec<u32>>,
+}
+
+/// Splits `data` per customer; customers with a single item keep it in train.
+pub fn split(data: &Interactions, holdout: Holdout) -> Split {
+    let n = data.n_customers();
+    let m = &data.user_items;
+    let mut held = vec![false; m.nnz()];
+    let mut test = vec![Vec::new(); n];
+    let mut rng = match holdout {
+        Holdout::Random { seed, .. } => Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+        Holdout::Latest { .. } => None,
+    };
+    let fraction = match holdout {
+        Holdout::Random { fraction, .. } | Holdout::Latest { fraction } => fraction,
+    };
+    for (u, t) in test.iter_mut().enumerate() {
+        let (a, b) = (m.indptr[u], m.indptr[u + 1]);
+        let len = b - a;
+        if len < 2 {
+            continue;
+        }
+        let count = ((fraction * len as f64).round() as usize).clamp(1, len - 1);
+        let mut pos: Vec<usize> = (a..b).collect();
+        match rng.as_mut() {
+            Some(r) => pos.shuffle(r),
+            None => pos.sort_by_key(|&k| (std::cmp::Reverse(data.last_at[k]), m.indices[k])),
+        }
+        for &k in &pos[..count] {
+            held[k] = true;
+            t.push(m.indices[k]);
+        }
+        t.sort_unstable();
+    }
+    let train = data.filter_pairs(|_, k| !held[k]);
+    Split { train, test }
+}
+
+/// Top-k metrics averaged over customers with at least one held-out item.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Cut-off.
+    pub k: usize,
+    /// Hits / held-out items, averaged over customers.
+    pub recall: f64,
+    /// Binary NDCG@k.
+    pub ndcg: f64,
+    /// Share of customers with at least one hit.
+    pub hit_rate: f64,
+    /// Hits / k, averaged.
+    pub precision: f64,
+    /// Distinct recommended items / items that could be recommended.
+    pub coverage: f64,
+    /// Customers evaluated.
+    pub customers: usize,
+}
+
+/// Scores `recommended[u]` (best first) against `test[u]` (sorted) for every customer
+/// with held-out items. `n_candidates` is the size of the rankable catalogue.
+pub fn metrics(
+    recommended: &[Vec<u32>],
+    test: &[Vec<u32>],
+    k: usize,
+    n_candidates: usize,
+) -> Metrics {
+    let mut out = Metrics {
+        k,
+        ..Metrics::default()
+    };
+    let mut seen = vec![false; n_candidates.max(1)];
+    let mut distinct = 0usize;
+    for (recs, truth) in recommended.iter().zip(test) {
+        if truth.is_empty() {
+            continue;
+        }
+        out.customers += 1;
+        let mut hits = 0usize;
+        let mut dcg = 0.0f64;
+        for (rank, &i) in recs.iter().take(k).enumerate() {
+            if let Some(s) = seen.get_mut(i as usize)
+                && !*s
+            {
+                *s = true;
+                distinct += 1;
+            }
+            if truth.binary_search(&i).is_ok() {
+                hits += 1;
+                dcg += 1.0 / ((rank + 2) as f64).log2();
+            }
+        }
+        let idcg: f64 = (0..truth.len().min(k))
+            .map(|r| 1.0 / ((r + 2) as f64).log2())
+            .sum();
+        out.recall += hits as f64 / truth.len() as f64;
+        out.ndcg += dcg / idcg;
+        out.precision += hits as f64 / k as f64;
+        out.hit_rate += if hits > 0 { 1.0 } else { 0.0 };
+    }
+    if out.customers > 0 {
+        let n = out.customers as f64;
+        out.recall /= n;
+        out.ndcg /= n;
+        out.precision /= n;
+        out.hit_rate /= n;
+    }
+    out.coverage = distinct as f64 / n_candidates.max(1) as f64;
+    out
+}
+
+/// Customers scored together in one dense block (one gemm per block).
+const RANK_BLOCK: usize = 256;
+
+/// Full ranking: for each customer row with held-out items, scores every item with
+/// `score_block(rows, out)` (dense `rows.len() x n_items`, row-major), skips the
+/// customer's training items and non-candidates, and keeps the top `k`.
+pub fn rank_all(
+    train: &Interactions,
+    test: &[Vec<u32>],
+    candidates: &[bool],
+    k: usize,
+    score_block: &(dyn Fn(&[usize], &mut [f32]) + Sync),
+) -> Vec<Vec<u32>> {
+    let n_items = train.n_items();
+    let rows: Vec<usize> = (0..train.n_customers())
+        .filter(|&u| test.get(u).is_some_and(|t| !t.is_empty()))
+        .collect();
+    let mut out = vec![Vec::new(); train.n_customers()];
+    let ranked: Vec<Vec<Vec<u32>>> = rows
+        .par_chunks(RANK_BLOCK)
+        .map(|block| {
+            let mut scores = vec![0f32; block.len() * n_items];
+            score_block(block, &mut scores);
+            block
+                .iter()
+                .zip(scores.chunks_mut(n_items.max(1)))
+                .map(|(&u, row)| {
+                    for &i in train.user_items.row(u).0 {
+                        row[i as usize] = f32::NEG_INFINITY;
+                    }
+                    let mut top = TopK::new(k);
+                    for (i, &s) in row.iter().enumerate() {
+                        if candidates[i] && s > f32::NEG_INFINITY && s >= top.threshold() {
+                            top.push(i as u32, s);
+                        }
+                    }
+                    top.into_sorted().into_iter().map(|(i, _)| i).collect()
+                })
+                .collect()
+        })
+        .collect();
+    for (block, lists) in rows.chunks(RANK_BLOCK).zip(ranked) {
+        for (&u, list) in block.iter().zip(lists) {
+            out[u] = list;
+        }
+    }
+    out
+}
+
+/// Dense scores `users (b x d) . items^T` into `out` (b x n), through ndarray's gemm.
+pub fn dot_block(users: &[f32], items: &[f32], d: usize, out: &mut [f32]) {
+    let b = users.len() / d.max(1);
+    let n = items.len() / d.max(1);
+    let (Ok(u), Ok(it), Ok(mut o)) = (
+        ndarray::ArrayView2::from_shape((b, d), users),
+        ndarray::ArrayView2::from_shape((n, d), items),
+        ndarray::ArrayViewMut2::from_shape((b, n), out),
+    ) else {
+        return;
+    };
+    ndarray::linalg::general_mat_mul(1.0, &u, &it.t(), 0.0, &mut o);
+}
+
+/// Items with at least one training purchase: the only ones a model can rank honestly.
+pub fn trained_items(train: &Interactions) -> Vec<bool> {
+    (0..train.n_items())
+        .map(|i| train.item_users.row_len(i) > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interactions::{Event, InteractionsBuilder, Weighting};
+
+    fn data() -> Interactions {
+        let mut b = InteractionsBuilder::new();
+        for c in 0..10 {
+            for i in 0..10 {
+                b.push(Event {
+                    customer: &format!("c{c}"),
+                    item: &format!("i{i}"),
+                    quantity: 1.0,
+                    at: (c * 100 + i) as i64,
+                })
+                .unwrap();
+            }
+        }
+        b.build(&Weighting {
+            half_life_days: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn random_split_holds_out_a_fifth_and_is_seeded() {
+        let d = data();
+        let s = split(
+            &d,
+            Holdout::Random {
+                fraction: 0.2,
+                seed: 42,
+            },
+        );
+        assert!(s.test.iter().all(|t| t.len() == 2));
+        assert_eq!(s.train.nnz(), 80);
+        let again = split(
+            &d,
+            Holdout::Random {
+                fraction: 0.2,
+                seed: 42,
+            },
+        );
+        assert_eq!(s.test, again.test);
+        for (u, t) in s.test.iter().enumerate() {
+            for i in t {
+                assert!(!s.train.user_items.row(u).0.contains(i));
+            }
+        }
+    }
+
+    #[test]
+    fn latest_split_takes_newest() {
+        let d = data();
+        let s = split(&d, Holdout::Latest { fraction: 0.1 });
+        assert!(
+            s.test
+                .iter()
+                .all(|t| t == &vec![d.items.get("i9").unwrap()])
+        );
+    }
+
+    #[test]
+    fn dot_block_is_a_matrix_product() {
+        let users = [1.0, 0.0, 0.0, 2.0]; // 2 x 2
+        let items = [1.0, 1.0, 3.0, -1.0, 0.5, 0.5]; // 3 x 2
+        let mut out = [0.0; 6];
+        dot_block(&users, &items, 2, &mut out);
+        assert_eq!(out, [1.0, 3.0, 0.5, 2.0, -2.0, 1.0]);
+    }
+
+    #[test]
+    fn metrics_follow_their_definitions() {
+        // Customer 0: test {1, 2, 3}, recommended [1, 9, 3] at k = 3.
+        let m = metrics(&[vec![1, 9, 3], vec![]], &[vec![1, 2, 3], vec![]], 3, 10);
+        assert_eq!(m.customers, 1);
+        assert!((m.recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.precision - 2.0 / 3.0).abs() < 1e-12);
+        let dcg = 1.0 + 1.0 / 4f64.log2();
+        let idcg = 1.0 + 1.0 / 3f64.log2() + 1.0 / 4f64.log2();
+        assert!((m.ndcg - dcg / idcg).abs() < 1e-12);
+        assert_eq!(m.hit_rate, 1.0);
+        assert!((m.coverage - 0.3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rank_all_excludes_training_items() {
+        let d = data();
+        let s = split(
+            &d,
+            Holdout::Random {
+                fraction: 0.2,
+                seed: 1,
+            },
+        );
+        let cands = trained_items(&s.train);
+        let n = s.train.n_items();
+        let recs = rank_all(&s.train, &s.test, &cands, 5, &|rows, out| {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = (k % n) as f32;
+            }
+            assert_eq!(out.len(), rows.len() * n);
+        });
+        for (u, r) in recs.iter().enumerate() {
+            assert_eq!(r.len(), 2, "only the two held-out items are left to rank");
+            assert_eq!(r, &s.test[u].iter().rev().copied().collect::<Vec<_>>());
+        }
+    }
+}
