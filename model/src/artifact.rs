@@ -1,0 +1,418 @@
+//! The one artifact format: a header, a manifest (what the model is, how it was trained,
+//! its metrics) and checksummed binary sections. Loading verifies every byte before a
+//! model is built from it, so a truncated, corrupted or foreign file is refused and the
+//! caller keeps serving the model it has.
+//!
+//! Layout (little-endian):
+//! `b"AFFNMODL"` | format version `u32` | header length `u32` | SHA-256 of the header (32
+//! bytes) | header JSON ([`Header`]: manifest + section table) | section bytes.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::IdMap;
+use crate::index::{HnswIndex, ItemVectors};
+use crate::model::{Manifest, Model};
+use crate::neighbours::{NONE, Neighbours};
+use crate::popularity::Popularity;
+use crate::{Error, Result};
+
+#[cfg(target_endian = "big")]
+compile_error!("the artifact format stores native little-endian arrays");
+
+/// Version of the byte layout this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"AFFNMODL";
+const PREAMBLE: usize = 8 + 4 + 4 + 32;
+/// Refuse absurd headers before allocating for them.
+const MAX_HEADER: usize = 16 << 20;
+
+/// One binary section: where it is and what it must hash to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    /// Section name.
+    pub name: String,
+    /// Offset from the end of the header.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// The JSON header: the manifest and the section table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// What the model is.
+    pub manifest: Manifest,
+    /// Where its parts are.
+    pub sections: Vec<Section>,
+}
+
+/// Hex SHA-256 of a byte string: the artifact's content address.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn refuse(msg: impl Into<String>) -> Error {
+    Error::Artifact(msg.into())
+}
+
+impl Model {
+    /// Serialises the model with its manifest and checksums.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let json = |v: &dyn erased::Json| v.to_json();
+        let mut parts: Vec<(&str, Vec<u8>)> = vec![
+            ("items", json(&self.items)?),
+            ("categories", json(&self.categories)?),
+            (
+                "item_category",
+                cast_u32(
+                    &self
+                        .item_category
+                        .iter()
+                        .map(|c| c.unwrap_or(NONE))
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            (
+                "item_factors",
+                bytemuck::cast_slice(self.vectors.as_slice()).to_vec(),
+            ),
+            ("gram", bytemuck::cast_slice(&self.gram).to_vec()),
+            ("neighbours.ids", cast_u32(&self.neighbours.ids)),
+            (
+                "neighbours.scores",
+                bytemuck::cast_slice(&self.neighbours.scores).to_vec(),
+            ),
+            ("neighbours.shared", cast_u32(&self.neighbours.shared)),
+            (
+                "popularity.score",
+                bytemuck::cast_slice(&self.popularity.score).to_vec(),
+            ),
+            ("popularity.order", cast_u32(&self.popularity.order)),
+        ];
+        if let Some(h) = &self.hnsw {
+            parts.push(("hnsw", h.to_bytes()?));
+        }
+        let mut sections = Vec::with_capacity(parts.len());
+        let mut offset = 0u64;
+        for (name, bytes) in &parts {
+            sections.push(Section {
+                name: (*name).to_owned(),
+                offset,
+                len: bytes.len() as u64,
+                sha256: digest(bytes),
+            });
+            offset += bytes.len() as u64;
+        }
+        let header = Header {
+            manifest: self.manifest.clone(),
+            sections,
+        };
+        let header =
+            serde_json::to_vec(&header).map_err(|e| refuse(format!("encode header: {e}")))?;
+        let mut out = Vec::with_capacity(PREAMBLE + header.len() + offset as usize);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&Sha256::digest(&header));
+        out.extend_from_slice(&header);
+        for (_, bytes) in parts {
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    /// Reads only the header, verified: what a registry or `models show` needs.
+    pub fn read_header(bytes: &[u8]) -> Result<Header> {
+        if bytes.len() < PREAMBLE {
+            return Err(refuse(format!(
+                "{} bytes is too short to be a model artifact",
+                bytes.len()
+            )));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(refuse("not an Affinity model artifact (bad magic bytes)"));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != FORMAT_VERSION {
+            return Err(refuse(format!(
+                "artifact format version {version} is not supported by this build (expects {FORMAT_VERSION})"
+            )));
+        }
+        let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        if len > MAX_HEADER || PREAMBLE + len > bytes.len() {
+            return Err(refuse(
+                "truncated artifact: header runs past the end of the file",
+            ));
+        }
+        let header = &bytes[PREAMBLE..PREAMBLE + len];
+        if Sha256::digest(header).as_slice() != &bytes[16..48] {
+            return Err(refuse(
+                "header checksum mismatch: the artifact is corrupted",
+            ));
+        }
+        let header: Header =
+            serde_json::from_slice(header).map_err(|e| refuse(format!("header: {e}")))?;
+        if header.manifest.format_version != FORMAT_VERSION {
+            return Err(refuse(
+                "manifest format version disagrees with the file header",
+            ));
+        }
+        Ok(header)
+    }
+
+    /// Verifies and decodes an artifact.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        let header = Model::read_header(bytes)?;
+        let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let body = &bytes[PREAMBLE + len..];
+        let mut expected_end = 0u64;
+        for s in &header.sections {
+            if s.offset != expected_end {
+                return Err(refuse(format!(
+                    "section `{}` is not where the table says",
+                    s.name
+                )));
+            }
+            expected_end = s.offset.saturating_add(s.len);
+        }
+        if expected_end as usize != body.len() {
+            return Err(refuse(format!(
+                "truncated or padded artifact: sections need {expected_end} bytes, file has {}",
+                body.len()
+            )));
+        }
+        header.sections.par_iter().try_for_each(|s| {
+            let part = &body[s.offset as usize..(s.offset + s.len) as usize];
+            if digest(part) == s.sha256 {
+                Ok(())
+            } else {
+                Err(refuse(format!(
+                    "section `{}` checksum mismatch: the artifact is corrupted",
+                    s.name
+                )))
+            }
+        })?;
+        let get = |name: &str| -> Result<&[u8]> {
+            header
+                .sections
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| &body[s.offset as usize..(s.offset + s.len) as usize])
+                .ok_or_else(|| refuse(format!("missing section `{name}`")))
+        };
+        let m = header.manifest;
+        let d = m.config.als.factors;
+        let items: IdMap = IdMap::from_ids(
+            serde_json::from_slice(get("items")?).map_err(|e| refuse(format!("items: {e}")))?,
+        )?;
+        let categories: Vec<String> = serde_json::from_slice(get("categories")?)
+            .map_err(|e| refuse(format!("categories: {e}")))?;
+        let item_category = read_u32(get("item_category")?, "item_category")?
+            .into_iter()
+            .map(|c| (c != NONE).then_some(c))
+            .collect();
+        let factors = read_f32(get("item_factors")?, "item_factors")?;
+        let vectors = ItemVectors::new(factors.into(), d)?;
+        let gram = read_f32(get("gram")?, "gram")?;
+        let neighbours = Neighbours {
+            k: m.config.neighbours,
+            ids: read_u32(get("neighbours.ids")?, "neighbours.ids")?,
+            scores: read_f32(get("neighbours.scores")?, "neighbours.scores")?,
+            shared: read_u32(get("neighbours.shared")?, "neighbours.shared")?,
+        };
+        if neighbours.scores.len() != neighbours.ids.len()
+            || neighbours.shared.len() != neighbours.ids.len()
+        {
+            return Err(refuse("neighbour sections disagree in length"));
+        }
+        let score = read_f32(get("popularity.score")?, "popularity.score")?;
+        let order = read_u32(get("popularity.order")?, "popularity.order")?;
+        let item_category: Vec<Option<u32>> = item_category;
+        let popularity = Popularity::from_order(score, order, &item_category, categories.len());
+        let hnsw = match header.sections.iter().any(|s| s.name == "hnsw") {
+            true => Some(std::sync::Arc::new(HnswIndex::from_bytes(
+                get("hnsw")?,
+                vectors.clone(),
+            )?)),
+            false => None,
+        };
+        Model::assemble(
+            m,
+            items,
+            categories,
+            item_category,
+            vectors,
+            gram,
+            neighbours,
+            popularity,
+            hnsw,
+        )
+    }
+
+    /// Writes the artifact atomically (temp file, then rename) and returns its digest.
+    pub fn save(&self, path: &Path) -> Result<String> {
+        let bytes = self.to_bytes()?;
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(digest(&bytes))
+    }
+
+    /// Reads and verifies an artifact file.
+    pub fn load(path: &Path) -> Result<Model> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Model::from_bytes(&bytes)
+    }
+}
+
+fn cast_u32(v: &[u32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+fn read_f32(b: &[u8], name: &str) -> Result<Vec<f32>> {
+    if !b.len().is_multiple_of(4) {
+        return Err(refuse(format!(
+            "section `{name}` is not a whole number of f32 values"
+        )));
+    }
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(b);
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(refuse(format!("section `{name}` holds non-finite values")));
+    }
+    Ok(v)
+}
+
+fn read_u32(b: &[u8], name: &str) -> Result<Vec<u32>> {
+    if !b.len().is_multiple_of(4) {
+        return Err(refuse(format!(
+            "section `{name}` is not a whole number of u32 values"
+        )));
+    }
+    Ok(bytemuck::pod_collect_to_vec(b))
+}
+
+/// JSON encoding of the structured sections, behind one error mapping.
+mod erased {
+    use crate::{Error, Result};
+
+    pub trait Json {
+        fn to_json(&self) -> Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>> {
+            serde_json::to_vec(self).map_err(|e| Error::Artifact(format!("encode: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::als::AlsParams;
+    use crate::model::{IndexChoice, Purchase, TrainConfig, train};
+    use crate::testdata::shop;
+
+    fn model(index: IndexChoice) -> Model {
+        let (data, cats) = shop(300, 4, 15, 9);
+        let cfg = TrainConfig {
+            als: AlsParams {
+                factors: 8,
+                iterations: 4,
+                ..AlsParams::default()
+            },
+            neighbours: 5,
+            index,
+            ..TrainConfig::default()
+        };
+        let mut m = train(&data, &cats, &cfg, "v42", 1_800_000_000, &|_| {}).unwrap();
+        m.manifest.metrics.insert("recall_at_10".into(), 0.25);
+        m
+    }
+
+    fn same_answers(a: &Model, b: &Model) {
+        for i in 0..a.items.len() as u32 {
+            assert_eq!(a.similar(i, 5, &|_| true), b.similar(i, 5, &|_| true));
+        }
+        let h = [Purchase {
+            item: 1,
+            quantity: 2.0,
+            at: 1_700_000_000,
+        }];
+        assert_eq!(a.recommend(&h, 7, &|_| true), b.recommend(&h, 7, &|_| true));
+    }
+
+    #[test]
+    fn round_trip_keeps_manifest_and_answers() {
+        for index in [IndexChoice::Exact, IndexChoice::Auto { hnsw_above: 0 }] {
+            let m = model(index);
+            let bytes = m.to_bytes().unwrap();
+            let back = Model::from_bytes(&bytes).unwrap();
+            assert_eq!(back.manifest, m.manifest);
+            assert_eq!(back.hnsw.is_some(), m.hnsw.is_some());
+            assert_eq!(back.items.ids(), m.items.ids());
+            same_answers(&m, &back);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.afm");
+            let d = m.save(&path).unwrap();
+            assert_eq!(d, digest(&bytes));
+            same_answers(&m, &Model::load(&path).unwrap());
+        }
+    }
+
+    #[test]
+    fn corruption_truncation_and_foreign_versions_are_refused() {
+        let bytes = model(IndexChoice::Exact).to_bytes().unwrap();
+        let expect = |b: &[u8], needle: &str| match Model::from_bytes(b) {
+            Err(Error::Artifact(msg)) => assert!(msg.contains(needle), "`{msg}` lacks `{needle}`"),
+            other => panic!("expected refusal containing `{needle}`, got {other:?}"),
+        };
+        // A flipped byte anywhere: in the header, then in each section.
+        let mut b = bytes.clone();
+        b[PREAMBLE + 5] ^= 0x40;
+        expect(&b, "header checksum");
+        let header = Model::read_header(&bytes).unwrap();
+        let body_start = bytes.len()
+            - header
+                .sections
+                .iter()
+                .map(|s| s.len as usize)
+                .sum::<usize>();
+        for s in &header.sections {
+            if s.len == 0 {
+                continue;
+            }
+            let mut b = bytes.clone();
+            b[body_start + s.offset as usize + s.len as usize / 2] ^= 0x01;
+            expect(&b, &format!("section `{}` checksum", s.name));
+        }
+        // Truncated at several points.
+        for cut in [0, 10, PREAMBLE + 3, bytes.len() / 2, bytes.len() - 1] {
+            assert!(Model::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        expect(&bytes[..bytes.len() - 1], "truncated");
+        let mut b = bytes.clone();
+        b.push(0);
+        expect(&b, "padded");
+        let mut b = bytes.clone();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        expect(&b, "format version 2 is not supported");
+        let mut b = bytes.clone();
+        b[0] = b'X';
+        expect(&b, "bad magic");
+        expect(b"hello", "too short");
+    }
+}

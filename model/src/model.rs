@@ -1,0 +1,911 @@
+//! The trained model as the service holds it: item embeddings, Gram matrix, neighbour
+//! lists, popularity and a vector index, with the three storefront queries (similar
+//! items, basket, recommendations by fold-in) and their reasons.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::als::{self, AlsParams};
+use crate::eval::{self, Metrics, Split};
+use crate::ids::IdMap;
+use crate::index::{ExactIndex, HnswIndex, HnswParams, ItemVectors, VectorIndex};
+use crate::interactions::{Interactions, Weighting};
+use crate::linalg::{self, dot, norm};
+use crate::neighbours::Neighbours;
+use crate::popularity::Popularity;
+use crate::{Error, Result};
+
+/// Which vector index serves customer recommendations.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum IndexChoice {
+    /// Scan every item: exact, and fast enough for catalogs up to ~100k items.
+    Exact,
+    /// HNSW graph over the item vectors, for larger catalogs.
+    Hnsw {
+        /// Links per node and layer.
+        max_nb_connection: usize,
+        /// Beam width while building.
+        ef_construction: usize,
+        /// Beam width while searching.
+        ef_search: usize,
+    },
+    /// Exact up to `hnsw_above` items, HNSW with default settings beyond.
+    Auto {
+        /// Catalog size from which a graph is built.
+        hnsw_above: usize,
+    },
+}
+
+impl Default for IndexChoice {
+    fn default() -> Self {
+        IndexChoice::Auto {
+            hnsw_above: 150_000,
+        }
+    }
+}
+
+/// Everything that shapes a model; recorded in its manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// ALS parameters.
+    pub als: AlsParams,
+    /// Purchase weighting (time decay).
+    pub weighting: Weighting,
+    /// Neighbours precomputed per item.
+    pub neighbours: usize,
+    /// Index for recommendations.
+    pub index: IndexChoice,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            als: AlsParams::default(),
+            weighting: Weighting::default(),
+            neighbours: 30,
+            index: IndexChoice::default(),
+        }
+    }
+}
+
+/// Sizes of the data a model was trained on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataCounts {
+    /// Customers with at least one purchase.
+    pub customers: usize,
+    /// Items in the model (bought or in the catalog).
+    pub items: usize,
+    /// Purchase events read.
+    pub purchases: usize,
+    /// Distinct (customer, item) pairs.
+    pub pairs: usize,
+}
+
+/// What a model says about itself; stored first in every artifact.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Version of the byte layout.
+    pub format_version: u32,
+    /// The model's version id, assigned by whoever trains it.
+    pub model_version: String,
+    /// Unix seconds when training finished.
+    pub trained_at: i64,
+    /// Newest purchase included, unix seconds.
+    pub data_watermark: i64,
+    /// Training parameters.
+    pub config: TrainConfig,
+    /// Data sizes.
+    pub counts: DataCounts,
+    /// Offline metrics by name (e.g. `recall_at_10`).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Why an item was returned; the service turns item indices into ids.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Reason {
+    /// A precomputed neighbour of `anchor`.
+    AlsoBought {
+        /// The item asked about (or the basket item it is closest to).
+        anchor: u32,
+        /// Customers who bought both.
+        shared_buyers: u32,
+        /// Cosine similarity of the embeddings.
+        similarity: f32,
+    },
+    /// Close to `anchor` in embedding space, beyond the precomputed list.
+    SimilarTaste {
+        /// The item (or purchase) it is closest to.
+        anchor: u32,
+        /// Cosine similarity of the embeddings.
+        similarity: f32,
+    },
+    /// Scored from the customer's folded-in vector.
+    ForYou {
+        /// The past purchase it is most similar to, if any.
+        because_of: Option<u32>,
+        /// Cosine similarity to that purchase.
+        similarity: f32,
+    },
+    /// Fallback: popular overall or in a category.
+    Popular {
+        /// The category index, when the fallback was per category.
+        category: Option<u32>,
+    },
+}
+
+/// One result: item index, score (higher is better) and reason.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    /// Item index.
+    pub item: u32,
+    /// Ranking score within this answer.
+    pub score: f32,
+    /// Why it is here.
+    pub reason: Reason,
+}
+
+/// One past purchase as fold-in sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Purchase {
+    /// Item index.
+    pub item: u32,
+    /// Units bought.
+    pub quantity: f32,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// A trained, queryable model.
+pub struct Model {
+    /// Self-description.
+    pub manifest: Manifest,
+    /// Item ids.
+    pub items: IdMap,
+    /// Category names, indexed by `item_category`.
+    pub categories: Vec<String>,
+    /// Category index per item.
+    pub item_category: Vec<Option<u32>>,
+    /// Item embeddings.
+    pub vectors: ItemVectors,
+    /// `V^T V` of the item embeddings, for fold-in.
+    pub gram: Vec<f32>,
+    /// Precomputed neighbours.
+    pub neighbours: Neighbours,
+    /// Fallback ranking.
+    pub popularity: Popularity,
+    /// Embedding norm per item (for cosine reasons).
+    pub(crate) item_norms: Vec<f32>,
+    /// The search structure.
+    pub(crate) index: Box<dyn VectorIndex>,
+    /// The HNSW graph, when one was built (kept for the artifact).
+    pub(crate) hnsw: Option<Arc<HnswIndex>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("version", &self.manifest.model_version)
+            .field("items", &self.items.len())
+            .field("factors", &self.factors())
+            .finish()
+    }
+}
+
+/// Stages reported while training, for progress bars.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stage {
+    /// ALS iteration `n` of `of` done.
+    Iteration {
+        /// Done so far.
+        n: usize,
+        /// Total.
+        of: usize,
+    },
+    /// Neighbour lists being computed.
+    Neighbours,
+    /// Vector index being built.
+    Index,
+}
+
+/// Trains a model. `item_categories` maps item ids to category names (items absent from
+/// `data` but present there are kept as never-bought items so popularity per category and
+/// filters know them).
+pub fn train(
+    data: &Interactions,
+    item_categories: &HashMap<String, String>,
+    config: &TrainConfig,
+    model_version: &str,
+    trained_at: i64,
+    progress: &(dyn Fn(Stage) + Sync),
+) -> Result<Model> {
+    if config.neighbours == 0 || config.neighbours > 500 {
+        return Err(Error::InvalidParameter {
+            name: "neighbours",
+            reason: "must be between 1 and 500".into(),
+        });
+    }
+    let of = config.als.iterations;
+    let factors = als::fit(data, &config.als, &|n| progress(Stage::Iteration { n, of }))?;
+    progress(Stage::Neighbours);
+    let d = config.als.factors;
+    let neighbours = Neighbours::build(&factors.item, d, &data.item_users, config.neighbours);
+    let mut categories: Vec<String> = item_categories.values().cloned().collect();
+    categories.sort();
+    categories.dedup();
+    let item_category: Vec<Option<u32>> = data
+        .items
+        .ids()
+        .iter()
+        .map(|id| {
+            item_categories
+                .get(id)
+                .and_then(|c| categories.binary_search(c).ok())
+                .map(|c| c as u32)
+        })
+        .collect();
+    let popularity = Popularity::build(&data.item_users, &item_category, categories.len());
+    let gram = linalg::gram(&factors.item, d);
+    let manifest = Manifest {
+        format_version: crate::artifact::FORMAT_VERSION,
+        model_version: model_version.to_owned(),
+        trained_at,
+        data_watermark: data.watermark,
+        config: config.clone(),
+        counts: DataCounts {
+            customers: data.n_customers(),
+            items: data.n_items(),
+            purchases: data.events,
+            pairs: data.nnz(),
+        },
+        metrics: BTreeMap::new(),
+    };
+    progress(Stage::Index);
+    let vectors = ItemVectors::new(factors.item.into(), d)?;
+    let hnsw = build_hnsw(&vectors, config.index)?;
+    Model::assemble(
+        manifest,
+        data.items.clone(),
+        categories,
+        item_category,
+        vectors,
+        gram,
+        neighbours,
+        popularity,
+        hnsw,
+    )
+}
+
+fn build_hnsw(vectors: &ItemVectors, choice: IndexChoice) -> Result<Option<Arc<HnswIndex>>> {
+    let params = match choice {
+        IndexChoice::Exact => return Ok(None),
+        IndexChoice::Auto { hnsw_above } if vectors.len() <= hnsw_above => return Ok(None),
+        IndexChoice::Auto { .. } => HnswParams::default(),
+        IndexChoice::Hnsw {
+            max_nb_connection,
+            ef_construction,
+            ef_search,
+        } => HnswParams {
+            max_nb_connection,
+            ef_construction,
+            ef_search,
+            ..HnswParams::default()
+        },
+    };
+    Ok(Some(Arc::new(HnswIndex::build(vectors.clone(), params)?)))
+}
+
+/// Forwards searches to a shared HNSW graph, so the model can keep the graph for its artifact.
+struct SharedHnsw(Arc<HnswIndex>);
+
+impl VectorIndex for SharedHnsw {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<crate::index::Hit> {
+        self.0.search(query, k, filter)
+    }
+    fn search_batch(
+        &self,
+        queries: &[f32],
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<Vec<crate::index::Hit>> {
+        self.0.search_batch(queries, k, filter)
+    }
+}
+
+impl Model {
+    /// Puts the parts together and checks that their shapes agree.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        manifest: Manifest,
+        items: IdMap,
+        categories: Vec<String>,
+        item_category: Vec<Option<u32>>,
+        vectors: ItemVectors,
+        gram: Vec<f32>,
+        neighbours: Neighbours,
+        popularity: Popularity,
+        hnsw: Option<Arc<HnswIndex>>,
+    ) -> Result<Self> {
+        let n = items.len();
+        let d = vectors.dim();
+        let shape = |what: &str| {
+            Err(Error::Artifact(format!(
+                "{what} does not match {n} items x {d} factors"
+            )))
+        };
+        if vectors.len() != n {
+            return shape("item vectors");
+        }
+        if gram.len() != d * d {
+            return shape("gram matrix");
+        }
+        if item_category.len() != n {
+            return shape("item categories");
+        }
+        if neighbours.n_items() != n
+            || neighbours
+                .ids
+                .iter()
+                .any(|&j| j != crate::neighbours::NONE && j as usize >= n)
+        {
+            return shape("neighbour lists");
+        }
+        if popularity.score.len() != n || popularity.order.iter().any(|&j| j as usize >= n) {
+            return shape("popularity");
+        }
+        if item_category
+            .iter()
+            .flatten()
+            .any(|&c| c as usize >= categories.len())
+        {
+            return shape("category index");
+        }
+        if manifest.config.als.factors != d {
+            return shape("manifest factors");
+        }
+        let item_norms = vectors.as_slice().chunks(d).map(norm).collect();
+        let index: Box<dyn VectorIndex> = match &hnsw {
+            Some(h) => Box::new(SharedHnsw(h.clone())),
+            None => Box::new(ExactIndex::new(vectors.clone())),
+        };
+        Ok(Self {
+            manifest,
+            items,
+            categories,
+            item_category,
+            vectors,
+            gram,
+            neighbours,
+            popularity,
+            item_norms,
+            index,
+            hnsw,
+        })
+    }
+
+    /// Embedding dimension.
+    pub fn factors(&self) -> usize {
+        self.vectors.dim()
+    }
+
+    /// The model's version id.
+    pub fn version(&self) -> &str {
+        &self.manifest.model_version
+    }
+
+    /// Index of an item id, if the model knows it.
+    pub fn item_index(&self, id: &str) -> Option<u32> {
+        self.items.get(id)
+    }
+
+    /// Category index of a category name.
+    pub fn category_index(&self, name: &str) -> Option<u32> {
+        self.categories
+            .binary_search_by(|c| c.as_str().cmp(name))
+            .ok()
+            .map(|c| c as u32)
+    }
+
+    /// Turns purchases into fold-in weights with the model's own time decay, relative to
+    /// the newest of the purchases and the training watermark.
+    pub fn weigh(&self, purchases: &[Purchase]) -> Vec<(u32, f32)> {
+        let reference = purchases
+            .iter()
+            .map(|p| p.at)
+            .max()
+            .unwrap_or(i64::MIN)
+            .max(self.manifest.data_watermark);
+        let w = &self.manifest.config.weighting;
+        purchases
+            .iter()
+            .filter(|p| {
+                (p.item as usize) < self.items.len() && p.quantity > 0.0 && p.quantity.is_finite()
+            })
+            .map(|p| (p.item, p.quantity * w.decay(reference - p.at)))
+            .collect()
+    }
+
+    /// A customer vector from purchases made up to now (fold-in).
+    pub fn fold_in(&self, weights: &[(u32, f32)]) -> Vec<f32> {
+        als::fold_in(
+            self.vectors.as_slice(),
+            &self.gram,
+            &self.manifest.config.als,
+            weights,
+        )
+    }
+
+    fn cosine(&self, a: u32, b: u32) -> f32 {
+        let (na, nb) = (self.item_norms[a as usize], self.item_norms[b as usize]);
+        if na == 0.0 || nb == 0.0 {
+            return 0.0;
+        }
+        dot(self.row(a), self.row(b)) / (na * nb)
+    }
+
+    /// "Customers who bought this also bought": neighbour list first, then embedding
+    /// search, then popularity in the item's category, then overall, so the answer is
+    /// never short while enough items pass `filter`.
+    pub fn similar(
+        &self,
+        item: u32,
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<Scored> {
+        let mut out: Vec<Scored> = Vec::with_capacity(k);
+        if (item as usize) >= self.items.len() {
+            return out;
+        }
+        for nb in self.neighbours.of(item) {
+            if out.len() == k {
+                return out;
+            }
+            if filter(nb.id) {
+                out.push(Scored {
+                    item: nb.id,
+                    score: nb.similarity,
+                    reason: Reason::AlsoBought {
+                        anchor: item,
+                        shared_buyers: nb.shared_buyers,
+                        similarity: nb.similarity,
+                    },
+                });
+            }
+        }
+        if self.item_norms[item as usize] > 0.0 && self.popularity.score[item as usize] > 0.0 {
+            let taken: Vec<u32> = out.iter().map(|s| s.item).collect();
+            let hits = self.index.search(self.row(item), k + 1, &|j| {
+                j != item
+                    && filter(j)
+                    && !taken.contains(&j)
+                    && self.popularity.score[j as usize] > 0.0
+            });
+            for h in hits.into_iter().take(k - out.len()) {
+                let similarity = self.cosine(item, h.id);
+                out.push(Scored {
+                    item: h.id,
+                    score: similarity,
+                    reason: Reason::SimilarTaste {
+                        anchor: item,
+                        similarity,
+                    },
+                });
+            }
+        }
+        self.fill_popular(&mut out, k, self.item_category[item as usize], &|j| {
+            j != item && filter(j)
+        });
+        out
+    }
+
+    /// "Customers who bought these also bought": neighbour lists of the basket summed, then
+    /// fold-in of the basket as a session, then popularity.
+    pub fn basket(
+        &self,
+        items: &[u32],
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<Scored> {
+        let basket: Vec<u32> = items
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < self.items.len())
+            .collect();
+        let in_basket = |j: u32| basket.contains(&j);
+        let mut acc: HashMap<u32, (f32, u32, u32, f32)> = HashMap::new();
+        for &b in &basket {
+            for nb in self.neighbours.of(b) {
+                if in_basket(nb.id) || !filter(nb.id) {
+                    continue;
+                }
+                let e = acc
+                    .entry(nb.id)
+                    .or_insert((0.0, b, nb.shared_buyers, nb.similarity));
+                e.0 += nb.similarity;
+                if nb.similarity > e.3 {
+                    (e.1, e.2, e.3) = (b, nb.shared_buyers, nb.similarity);
+                }
+            }
+        }
+        let mut ranked: Vec<(u32, (f32, u32, u32, f32))> = acc.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then(a.0.cmp(&b.0)));
+        let mut out: Vec<Scored> = ranked
+            .into_iter()
+            .take(k)
+            .map(|(j, (score, anchor, shared_buyers, similarity))| Scored {
+                item: j,
+                score,
+                reason: Reason::AlsoBought {
+                    anchor,
+                    shared_buyers,
+                    similarity,
+                },
+            })
+            .collect();
+        if out.len() < k && !basket.is_empty() {
+            let weights: Vec<(u32, f32)> = basket.iter().map(|&b| (b, 1.0)).collect();
+            let x = self.fold_in(&weights);
+            let taken: Vec<u32> = out.iter().map(|s| s.item).collect();
+            for h in self.index.search(&x, k - out.len(), &|j| {
+                !in_basket(j)
+                    && filter(j)
+                    && !taken.contains(&j)
+                    && self.popularity.score[j as usize] > 0.0
+            }) {
+                let (anchor, similarity) = self.closest(&basket, h.id);
+                out.push(Scored {
+                    item: h.id,
+                    score: h.score,
+                    reason: Reason::SimilarTaste {
+                        anchor: anchor.unwrap_or(h.id),
+                        similarity,
+                    },
+                });
+            }
+        }
+        let category = basket.first().and_then(|&b| self.item_category[b as usize]);
+        self.fill_popular(&mut out, k, category, &|j| !in_basket(j) && filter(j));
+        out
+    }
+
+    /// Items for a customer from their purchases (fold-in, so purchases since the last
+    /// retrain count); popularity when they have none the model knows.
+    pub fn recommend(
+        &self,
+        purchases: &[Purchase],
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<Scored> {
+        let weights = self.weigh(purchases);
+        let mut out = Vec::with_capacity(k);
+        if !weights.is_empty() {
+            let x = self.fold_in(&weights);
+            let history: Vec<u32> = {
+                // Reasons look at the most recent distinct purchases only: bounded work.
+                let mut recent: Vec<&Purchase> = purchases.iter().collect();
+                recent.sort_by_key(|p| std::cmp::Reverse(p.at));
+                let mut h: Vec<u32> = Vec::new();
+                for p in recent {
+                    if (p.item as usize) < self.items.len() && !h.contains(&p.item) {
+                        h.push(p.item);
+                        if h.len() == 50 {
+                            break;
+                        }
+                    }
+                }
+                h
+            };
+            for hit in self.index.search(&x, k, &|j| {
+                filter(j) && self.popularity.score[j as usize] > 0.0
+            }) {
+                let (because_of, similarity) = self.closest(&history, hit.id);
+                out.push(Scored {
+                    item: hit.id,
+                    score: hit.score,
+                    reason: Reason::ForYou {
+                        because_of,
+                        similarity,
+                    },
+                });
+            }
+        }
+        self.fill_popular(&mut out, k, None, filter);
+        out
+    }
+
+    /// The past item most similar to `item`, with its cosine.
+    fn closest(&self, history: &[u32], item: u32) -> (Option<u32>, f32) {
+        history
+            .iter()
+            .map(|&h| (h, self.cosine(h, item)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map_or((None, 0.0), |(h, s)| (Some(h), s))
+    }
+
+    /// Tops `out` up to `k` with popular items: the category's first, then overall.
+    fn fill_popular(
+        &self,
+        out: &mut Vec<Scored>,
+        k: usize,
+        category: Option<u32>,
+        filter: &dyn Fn(u32) -> bool,
+    ) {
+        let order = category.map(Some).into_iter().chain([None]);
+        for cat in order {
+            for &j in self.popularity.ranked(cat) {
+                if out.len() >= k {
+                    return;
+                }
+                if filter(j) && !out.iter().any(|s| s.item == j) {
+                    out.push(Scored {
+                        item: j,
+                        score: self.popularity.score[j as usize],
+                        reason: Reason::Popular { category: cat },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Embedding of item `i` (an index the model issued).
+    fn row(&self, i: u32) -> &[f32] {
+        let d = self.factors();
+        &self.vectors.as_slice()[i as usize * d..(i as usize + 1) * d]
+    }
+
+    /// Offline metrics of this model on a split, scoring each held-out customer by
+    /// fold-in of their training purchases (exactly what serving does).
+    pub fn evaluate(&self, split: &Split, k: usize) -> Metrics {
+        let d = self.factors();
+        let cands = eval::trained_items(&split.train);
+        // Items the model never saw cannot be scored; they are not candidates.
+        let cands: Vec<bool> = cands
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| c && self.items.get(split.train.items.id(i as u32)).is_some())
+            .collect();
+        let map: Vec<Option<u32>> = split
+            .train
+            .items
+            .ids()
+            .iter()
+            .map(|id| self.items.get(id))
+            .collect();
+        let n_split = split.train.n_items();
+        let recs = eval::rank_all(&split.train, &split.test, &cands, k, &|rows, out| {
+            let hists: Vec<Vec<(u32, f32)>> = rows
+                .iter()
+                .map(|&u| {
+                    let (c, v) = split.train.user_items.row(u);
+                    c.iter()
+                        .zip(v)
+                        .filter_map(|(&i, &w)| map[i as usize].map(|m| (m, w)))
+                        .collect()
+                })
+                .collect();
+            let users = als::fold_in_many(
+                self.vectors.as_slice(),
+                &self.gram,
+                &self.manifest.config.als,
+                &hists,
+            );
+            let mut own = vec![0f32; rows.len() * self.items.len()];
+            eval::dot_block(&users, self.vectors.as_slice(), d, &mut own);
+            for r in 0..rows.len() {
+                for (i, m) in map.iter().enumerate() {
+                    out[r * n_split + i] = m.map_or(f32::NEG_INFINITY, |m| {
+                        own[r * self.items.len() + m as usize]
+                    });
+                }
+            }
+        });
+        eval::metrics(&recs, &split.test, k, cands.iter().filter(|&&c| c).count())
+    }
+}
+
+/// Popularity baseline on the same split: what a model must beat to be worth serving.
+pub fn popularity_metrics(split: &Split, k: usize) -> Metrics {
+    let cands = eval::trained_items(&split.train);
+    let n = split.train.n_items();
+    let pop: Vec<f32> = (0..n)
+        .map(|i| split.train.item_users.row(i).1.iter().sum())
+        .collect();
+    let recs = eval::rank_all(&split.train, &split.test, &cands, k, &|rows, out| {
+        for r in 0..rows.len() {
+            out[r * n..(r + 1) * n].copy_from_slice(&pop);
+        }
+    });
+    eval::metrics(&recs, &split.test, k, cands.iter().filter(|&&c| c).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::Holdout;
+    use crate::testdata::shop;
+
+    fn small_config() -> TrainConfig {
+        TrainConfig {
+            als: AlsParams {
+                factors: 16,
+                iterations: 8,
+                regularization: 1.0,
+                alpha: 5.0,
+                ..AlsParams::default()
+            },
+            neighbours: 10,
+            index: IndexChoice::Exact,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn trained() -> (Model, Interactions) {
+        let (data, cats) = shop(600, 6, 20, 1);
+        let m = train(&data, &cats, &small_config(), "v1", 1_800_000_000, &|_| {}).unwrap();
+        (m, data)
+    }
+
+    #[test]
+    fn similar_items_come_from_the_same_group_with_reasons() {
+        let (m, _) = trained();
+        let anchor = m.item_index("g2-0").unwrap();
+        let res = m.similar(anchor, 5, &|_| true);
+        assert_eq!(res.len(), 5);
+        let same = res
+            .iter()
+            .filter(|s| m.items.id(s.item).starts_with("g2-"))
+            .count();
+        assert!(same >= 4, "{same} of 5 from the anchor's group");
+        assert!(res.iter().all(|s| s.item != anchor));
+        assert!(
+            matches!(res[0].reason, Reason::AlsoBought { anchor: a, shared_buyers, .. } if a == anchor && shared_buyers > 0)
+        );
+    }
+
+    #[test]
+    fn answers_are_never_short_and_respect_filters() {
+        let (m, _) = trained();
+        let anchor = m.item_index("g0-0").unwrap();
+        let cat0 = m.category_index("cat0").unwrap();
+        // Only items outside the anchor's category pass: lists and search run dry, popularity fills.
+        let filter = |j: u32| m.item_category[j as usize] != Some(cat0);
+        let res = m.similar(anchor, 40, &filter);
+        assert_eq!(res.len(), 40);
+        assert!(res.iter().all(|s| filter(s.item)));
+        let mut ids: Vec<u32> = res.iter().map(|s| s.item).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 40, "no duplicates");
+        // Unknown customer: popularity, flagged as such.
+        let cold = m.recommend(&[], 5, &|_| true);
+        assert_eq!(cold.len(), 5);
+        assert!(
+            cold.iter()
+                .all(|s| matches!(s.reason, Reason::Popular { category: None }))
+        );
+        assert_eq!(cold[0].item, m.popularity.order[0]);
+    }
+
+    #[test]
+    fn basket_and_recommend_follow_the_customer() {
+        let (m, _) = trained();
+        let basket = [m.item_index("g3-0").unwrap(), m.item_index("g3-1").unwrap()];
+        let res = m.basket(&basket, 5, &|_| true);
+        assert_eq!(res.len(), 5);
+        assert!(res.iter().all(|s| !basket.contains(&s.item)));
+        assert!(
+            res.iter()
+                .filter(|s| m.items.id(s.item).starts_with("g3-"))
+                .count()
+                >= 4
+        );
+        let history: Vec<Purchase> = basket
+            .iter()
+            .map(|&item| Purchase {
+                item,
+                quantity: 1.0,
+                at: 1_700_000_000,
+            })
+            .collect();
+        let recs = m.recommend(&history, 5, &|j| !basket.contains(&j));
+        assert_eq!(recs.len(), 5);
+        assert!(
+            recs.iter()
+                .filter(|s| m.items.id(s.item).starts_with("g3-"))
+                .count()
+                >= 4
+        );
+        assert!(
+            matches!(recs[0].reason, Reason::ForYou { because_of: Some(b), .. } if basket.contains(&b))
+        );
+    }
+
+    #[test]
+    fn fold_in_of_a_training_customer_matches_its_trained_ranking() {
+        let (data, cats) = shop(400, 5, 16, 2);
+        let mut cfg = small_config();
+        cfg.als.iterations = 25;
+        cfg.als.cg_steps = 6;
+        cfg.weighting = Weighting {
+            half_life_days: None,
+        };
+        let f = als::fit(&data, &cfg.als, &|_| {}).unwrap();
+        let m = train(&data, &cats, &cfg, "v", 0, &|_| {}).unwrap();
+        let d = cfg.als.factors;
+        for u in [0usize, 7, 123] {
+            let (c, v) = data.user_items.row(u);
+            let w: Vec<(u32, f32)> = c.iter().copied().zip(v.iter().copied()).collect();
+            let x = m.fold_in(&w);
+            let t = &f.user[u * d..(u + 1) * d];
+            let cos = dot(&x, t) / (norm(&x) * norm(t));
+            assert!(cos > 0.999, "customer {u}: cosine {cos}");
+        }
+    }
+
+    #[test]
+    fn model_beats_popularity_offline() {
+        let (data, cats) = shop(800, 8, 20, 3);
+        let split = eval::split(
+            &data,
+            Holdout::Random {
+                fraction: 0.2,
+                seed: 42,
+            },
+        );
+        let m = train(&split.train, &cats, &small_config(), "v", 0, &|_| {}).unwrap();
+        let mine = m.evaluate(&split, 10);
+        let pop = popularity_metrics(&split, 10);
+        assert!(mine.customers > 0 && mine.customers == pop.customers);
+        assert!(
+            mine.recall > pop.recall * 1.2,
+            "model {mine:?} vs popularity {pop:?}"
+        );
+        assert!(mine.ndcg > pop.ndcg);
+    }
+
+    #[test]
+    fn hnsw_recall_on_real_factors_is_at_least_95_percent() {
+        let (data, cats) = shop(3000, 40, 100, 4);
+        let mut cfg = small_config();
+        cfg.als.factors = 32;
+        cfg.index = IndexChoice::Auto { hnsw_above: 0 };
+        let m = train(&data, &cats, &cfg, "v", 0, &|_| {}).unwrap();
+        assert!(m.hnsw.is_some());
+        let exact = ExactIndex::new(m.vectors.clone());
+        let (mut found, mut total) = (0usize, 0usize);
+        for u in (0..data.n_customers()).step_by(10) {
+            let (c, v) = data.user_items.row(u);
+            let w: Vec<(u32, f32)> = c.iter().copied().zip(v.iter().copied()).collect();
+            let x = m.fold_in(&w);
+            let truth: Vec<u32> = exact
+                .search(&x, 10, &|_| true)
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            let got: Vec<u32> = m
+                .index
+                .search(&x, 10, &|_| true)
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            found += got.iter().filter(|g| truth.contains(g)).count();
+            total += truth.len();
+        }
+        let recall = found as f64 / total as f64;
+        assert!(recall >= 0.95, "HNSW recall@10 {recall}");
+    }
+}
