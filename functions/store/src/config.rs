@@ -204,7 +204,13 @@ pub async fn peer_sdk_config(endpoint: &str, sdk_max_attempts: u32) -> aws_confi
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(creds)
-        .retry_config(RetryConfig::standard().with_max_attempts(sdk_max_attempts.max(1)))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(sdk_max_attempts.max(1))
+                // A loopback peer answers in milliseconds; AWS's 1 s initial backoff would
+                // only slow tests down.
+                .with_initial_backoff(std::time::Duration::from_millis(20)),
+        )
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(std::time::Duration::from_secs(5))

@@ -369,6 +369,9 @@ fn bad(file: &str, line: u64, e: FieldError) -> Error {
     }))
 }
 
+/// Good rows with their line numbers, and the skipped bad rows.
+type Parsed<T> = (Vec<(u64, T)>, Vec<SkippedRow>);
+
 /// Parses every row of a CSV; returns the good rows with their line numbers and the bad ones.
 /// In all-or-nothing mode the first bad row is returned as an error instead.
 fn parse_all<T, R: Read>(
@@ -377,7 +380,7 @@ fn parse_all<T, R: Read>(
     allowed: &[(&str, bool)],
     skip_bad_rows: bool,
     parse: impl Fn(&Row<'_>) -> Result<T, FieldError>,
-) -> Result<(Vec<(u64, T)>, Vec<SkippedRow>)> {
+) -> Result<Parsed<T>> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)

@@ -377,11 +377,11 @@ async fn serve(mut client: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                     part.headers
                         .retain(|(k, _)| !k.eq_ignore_ascii_case("x-amz-crc32"));
                     let mut resp = forward(&state, &part).await?;
-                    if resp.start_line.contains(" 200 ") {
-                        if let Some(b) = add_unprocessed(&resp.body, held) {
-                            resp.body = b;
-                            state.stats.partial_forwards.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if resp.start_line.contains(" 200 ")
+                        && let Some(b) = add_unprocessed(&resp.body, held)
+                    {
+                        resp.body = b;
+                        state.stats.partial_forwards.fetch_add(1, Ordering::Relaxed);
                     }
                     resp
                 }

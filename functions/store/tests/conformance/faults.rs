@@ -70,6 +70,7 @@ async fn write_through_faults(sdk_attempts: u32, seed: u64) {
     let (faulty, direct, proxy) = stores(config, sdk_attempts, fast_retry(12)).await;
     let tenant = TenantId::default();
     let rows = ten_thousand();
+    let started = std::time::Instant::now();
     let mut inserted = 0usize;
     for chunk in rows.chunks(1000) {
         let out = faulty.put_purchases(&tenant, chunk).await.unwrap();
@@ -82,9 +83,14 @@ async fn write_through_faults(sdk_attempts: u32, seed: u64) {
         inserted += out.len();
     }
     assert_eq!(inserted, 10_000);
+    eprintln!(
+        "sdk_attempts={sdk_attempts}: wrote 10,000 through faults in {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
 
     // Count what moto holds, bypassing the proxy.
-    let scan = direct.scan_purchases(&tenant, 4).await.unwrap();
+    let scan = direct.scan_purchases(&tenant, 2).await.unwrap();
     assert_eq!(scan.watermark.count, 10_000, "none lost, none doubled");
     let ids: HashSet<(String, u32)> = scan
         .purchases
@@ -96,6 +102,10 @@ async fn write_through_faults(sdk_attempts: u32, seed: u64) {
     got.sort_by_key(|p| p.purchased_at);
     assert_eq!(got, rows, "stored content equals what was written");
 
+    eprintln!(
+        "sdk_attempts={sdk_attempts}: direct scan and compare in {:?}",
+        started.elapsed()
+    );
     // The faults really happened.
     let st = &proxy.stats;
     let (thr, part, unp, drop) = (
@@ -110,25 +120,12 @@ async fn write_through_faults(sdk_attempts: u32, seed: u64) {
     );
     assert!(thr > 0 && part > 0 && unp > 0 && drop > 0);
 
-    // Writing all 10,000 again through the faults: all duplicates, still 10,000 rows.
-    let mut dups = 0;
-    for chunk in rows.chunks(2500) {
-        let out = faulty.put_purchases(&tenant, chunk).await.unwrap();
-        dups += out
-            .iter()
-            .filter(|o| **o == WriteOutcome::Duplicate)
-            .count();
-    }
-    assert_eq!(dups, 10_000);
-    assert_eq!(
-        direct
-            .scan_purchases(&tenant, 2)
-            .await
-            .unwrap()
-            .watermark
-            .count,
-        10_000
-    );
+    // A retried import of a quarter of the rows through the faults: all duplicates, still
+    // 10,000 rows. (A quarter keeps moto's share of the test time down.)
+    let out = faulty.put_purchases(&tenant, &rows[..2500]).await.unwrap();
+    assert_eq!(WriteSummary::of(&out).duplicates, 2500);
+    let recount = direct.scan_purchases(&tenant, 1).await.unwrap();
+    assert_eq!(recount.watermark.count, 10_000);
     direct.delete_tables().await.unwrap();
 }
 

@@ -272,7 +272,7 @@ pub async fn tenants_are_isolated(h: &Harness) {
     let mut q = p.clone();
     q.item_id = ItemId::parse("other").unwrap();
     assert_eq!(
-        s.put_purchases(&a, &[p.clone()]).await.unwrap(),
+        s.put_purchases(&a, std::slice::from_ref(&p)).await.unwrap(),
         vec![WriteOutcome::Inserted]
     );
     // Same identity in another tenant is a different purchase, not a conflict.
