@@ -25,6 +25,9 @@ pub struct FaultConfig {
     pub partial_forward: f64,
     /// BatchWriteItem only: forward everything, but report some written items unprocessed.
     pub report_unprocessed: f64,
+    /// BatchGetItem only: forward, then drop half the requested keys' results and report
+    /// those keys as UnprocessedKeys.
+    pub partial_get: f64,
     /// Forward the request, then close the connection without answering.
     pub drop_response: f64,
     /// Deterministically drop the response of the first N requests of this operation.
@@ -40,6 +43,7 @@ pub struct FaultStats {
     pub throttled: AtomicU64,
     pub partial_forwards: AtomicU64,
     pub unprocessed_rewrites: AtomicU64,
+    pub partial_gets: AtomicU64,
     pub dropped: AtomicU64,
 }
 
@@ -257,6 +261,7 @@ enum Fault {
     Throttle,
     PartialForward,
     ReportUnprocessed,
+    PartialGet,
     Drop,
 }
 
@@ -282,6 +287,8 @@ fn choose(state: &State, op: &str) -> Fault {
         Fault::PartialForward
     } else if batch_write && rng.random::<f64>() < c.report_unprocessed {
         Fault::ReportUnprocessed
+    } else if op == "BatchGetItem" && rng.random::<f64>() < c.partial_get {
+        Fault::PartialGet
     } else if rng.random::<f64>() < c.drop_response {
         Fault::Drop
     } else {
@@ -338,6 +345,44 @@ fn add_unprocessed(resp_body: &[u8], extra: Value) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
+/// Rewrites a BatchGetItem response: the second half of the requested keys become
+/// UnprocessedKeys and their items are removed from Responses.
+fn withhold_keys(req_body: &[u8], resp_body: &[u8]) -> Option<Vec<u8>> {
+    let req: Value = serde_json::from_slice(req_body).ok()?;
+    let mut resp: Value = serde_json::from_slice(resp_body).ok()?;
+    let mut unprocessed = serde_json::Map::new();
+    for (table, spec) in req.get("RequestItems")?.as_object()? {
+        let keys = spec.get("Keys")?.as_array()?;
+        if keys.len() < 2 {
+            continue;
+        }
+        let held: Vec<Value> = keys[keys.len() / 2..].to_vec();
+        let matches = |item: &Value| {
+            held.iter().any(|k| {
+                k.as_object()
+                    .is_some_and(|k| k.iter().all(|(name, v)| item.get(name) == Some(v)))
+            })
+        };
+        if let Some(items) = resp
+            .get_mut("Responses")
+            .and_then(|r| r.get_mut(table))
+            .and_then(Value::as_array_mut)
+        {
+            items.retain(|i| !matches(i));
+        }
+        let mut spec = spec.clone();
+        spec.as_object_mut()?
+            .insert("Keys".into(), Value::Array(held));
+        unprocessed.insert(table.clone(), spec);
+    }
+    if unprocessed.is_empty() {
+        return None;
+    }
+    resp.as_object_mut()?
+        .insert("UnprocessedKeys".into(), Value::Object(unprocessed));
+    serde_json::to_vec(&resp).ok()
+}
+
 async fn serve(mut client: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -387,6 +432,16 @@ async fn serve(mut client: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 }
                 None => forward(&state, &req).await?,
             },
+            Fault::PartialGet => {
+                let mut resp = forward(&state, &req).await?;
+                if resp.start_line.contains(" 200 ")
+                    && let Some(b) = withhold_keys(&req.body, &resp.body)
+                {
+                    resp.body = b;
+                    state.stats.partial_gets.fetch_add(1, Ordering::Relaxed);
+                }
+                resp
+            }
             Fault::ReportUnprocessed => {
                 let mut resp = forward(&state, &req).await?;
                 if resp.start_line.contains(" 200 ")
@@ -418,4 +473,14 @@ fn split_and_merge_batches() {
     let merged = add_unprocessed(br#"{"UnprocessedItems":{}}"#, held).unwrap();
     let merged: Value = serde_json::from_slice(&merged).unwrap();
     assert_eq!(merged["UnprocessedItems"]["t"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn withheld_keys_leave_responses() {
+    let req = br#"{"RequestItems":{"t":{"Keys":[{"pk":{"S":"a"}},{"pk":{"S":"b"}}],"ConsistentRead":true}}}"#;
+    let resp = br#"{"Responses":{"t":[{"pk":{"S":"a"},"x":{"N":"1"}},{"pk":{"S":"b"},"x":{"N":"2"}}]},"UnprocessedKeys":{}}"#;
+    let out: Value = serde_json::from_slice(&withhold_keys(req, resp).unwrap()).unwrap();
+    assert_eq!(out["Responses"]["t"].as_array().unwrap().len(), 1);
+    assert_eq!(out["UnprocessedKeys"]["t"]["Keys"][0]["pk"]["S"], "b");
+    assert_eq!(out["UnprocessedKeys"]["t"]["ConsistentRead"], true);
 }
