@@ -292,6 +292,65 @@ mod tests {
         }
     }
 
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn stores_work_as_shared_trait_objects_across_tasks() {
+        // What an axum handler needs: Clone + Send + Sync + 'static stores, Send futures.
+        fn assert_handler_state<T: Clone + Send + Sync + 'static>() {}
+        assert_handler_state::<Stores>();
+        let s = Stores::memory().unwrap();
+        let t = TenantId::default();
+        let fut = async move { s.catalog().list_items(&t).await };
+        assert_send(&fut);
+    }
+
+    #[tokio::test]
+    async fn embedded_backend_opens_from_config_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_string_lossy().into_owned();
+        let backend =
+            Backend::from_lookup(lookup(&[("AFFINITY_DATA_DIR", data.as_str())])).unwrap();
+        let t = TenantId::default();
+        let key = BlobKey::parse("models/v1/a.bin").unwrap();
+        {
+            let stores = Stores::open(&backend).await.unwrap();
+            stores.blobs.put(&t, &key, vec![1, 2]).await.unwrap();
+            let c = crate::types::CustomerRecord {
+                customer_id: crate::ids::CustomerId::parse("c").unwrap(),
+                opt_out: true,
+                tier_override: None,
+                updated_at: chrono::Utc::now(),
+            };
+            stores.customers().put_customer(&t, &c).await.unwrap();
+        }
+        let stores = Stores::open(&backend).await.unwrap();
+        assert_eq!(stores.blobs.get(&t, &key).await.unwrap(), vec![1, 2]);
+        let c = crate::ids::CustomerId::parse("c").unwrap();
+        assert!(
+            stores
+                .customers()
+                .get_customer(&t, &c)
+                .await
+                .unwrap()
+                .unwrap()
+                .opt_out
+        );
+        assert!(dir.path().join("affinity.db").exists());
+    }
+
+    #[tokio::test]
+    async fn memory_backend_round_trips_blobs() {
+        let stores = Stores::open(&Backend::Memory).await.unwrap();
+        let t = TenantId::default();
+        let key = BlobKey::parse("a/b").unwrap();
+        stores.blobs.put(&t, &key, vec![3]).await.unwrap();
+        assert_eq!(stores.blobs.list(&t, "a/").await.unwrap().len(), 1);
+        assert_eq!(stores.blobs.head(&t, &key).await.unwrap().unwrap().size, 1);
+        stores.blobs.delete(&t, &key).await.unwrap();
+        assert!(stores.blobs.get(&t, &key).await.unwrap_err().is_not_found());
+    }
+
     #[test]
     fn backend_defaults_to_embedded() {
         let b = Backend::from_lookup(lookup(&[])).unwrap();
