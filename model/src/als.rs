@@ -65,11 +65,13 @@ impl Default for AlsParams {
     fn default() -> Self {
         Self {
             factors: 64,
-            regularization: 0.05,
-            alpha: 10.0,
+            // Strong, count-scaled regularisation: what validation picks on MovieLens and
+            // on the demo shop; retrains can tune it per shop.
+            regularization: 10.0,
+            alpha: 2.0,
             confidence: Confidence::Linear,
             iterations: 15,
-            reg_exponent: 0.0,
+            reg_exponent: 1.0,
             cg_steps: 3,
             init_std: 0.01,
             seed: 42,

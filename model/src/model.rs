@@ -882,9 +882,13 @@ mod tests {
         let (data, cats) = shop(3000, 40, 100, 4);
         let mut cfg = small_config();
         cfg.als.factors = 32;
-        cfg.index = IndexChoice::Auto { hnsw_above: 0 };
         let m = train(&data, &cats, &cfg, "v", 0, &|_| {}).unwrap();
-        assert!(m.hnsw.is_some());
+        // Graphs only (no band is small enough to be scanned), default search settings.
+        let params = HnswParams {
+            scan_below: 0,
+            ..HnswParams::default()
+        };
+        let hnsw = HnswIndex::build(m.vectors.clone(), params).unwrap();
         let exact = ExactIndex::new(m.vectors.clone());
         let (mut found, mut total) = (0usize, 0usize);
         for u in (0..data.n_customers()).step_by(10) {
@@ -896,8 +900,7 @@ mod tests {
                 .iter()
                 .map(|h| h.id)
                 .collect();
-            let got: Vec<u32> = m
-                .index
+            let got: Vec<u32> = hnsw
                 .search(&x, 10, &|_| true)
                 .iter()
                 .map(|h| h.id)
