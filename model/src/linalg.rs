@@ -1,26 +1,8 @@
 //! Small dense kernels written so LLVM vectorises them (fixed-width chunks with
 //! independent accumulators); the big products go through ndarray's gemm.
 
-/// Inner product of two equal-length slices.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let mut acc = [0f32; 8];
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
+/// Inner product: the index's kernel, so training, fold-in and search score alike.
+pub use crate::index::dot;
 
 /// `y += alpha * x`.
 #[inline]
