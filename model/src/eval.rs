@@ -91,6 +91,24 @@ pub struct Metrics {
     pub customers: usize,
 }
 
+impl Metrics {
+    /// Mean of several folds' metrics (customers summed); `None` for no folds.
+    pub fn mean(folds: &[Metrics]) -> Option<Metrics> {
+        let first = folds.first()?;
+        let n = folds.len() as f64;
+        let avg = |f: fn(&Metrics) -> f64| folds.iter().map(f).sum::<f64>() / n;
+        Some(Metrics {
+            k: first.k,
+            recall: avg(|m| m.recall),
+            ndcg: avg(|m| m.ndcg),
+            hit_rate: avg(|m| m.hit_rate),
+            precision: avg(|m| m.precision),
+            coverage: avg(|m| m.coverage),
+            customers: folds.iter().map(|m| m.customers).sum(),
+        })
+    }
+}
+
 /// Scores `recommended[u]` (best first) against `test[u]` (sorted) for every customer
 /// with held-out items. `n_candidates` is the size of the rankable catalogue.
 pub fn metrics(
@@ -217,6 +235,25 @@ pub fn trained_items(train: &Interactions) -> Vec<bool> {
 mod tests {
     use super::*;
     use crate::interactions::{Event, InteractionsBuilder, Weighting};
+
+    #[test]
+    fn mean_of_folds_averages_rates_and_sums_customers() {
+        let m = |recall, customers| Metrics {
+            k: 10,
+            recall,
+            ndcg: recall / 2.0,
+            hit_rate: 1.0,
+            precision: 0.5,
+            coverage: 0.25,
+            customers,
+        };
+        let avg = Metrics::mean(&[m(0.2, 10), m(0.4, 30)]).unwrap();
+        assert!((avg.recall - 0.3).abs() < 1e-12);
+        assert!((avg.ndcg - 0.15).abs() < 1e-12);
+        assert_eq!(avg.customers, 40);
+        assert_eq!(avg.k, 10);
+        assert!(Metrics::mean(&[]).is_none());
+    }
 
     fn data() -> Interactions {
         let mut b = InteractionsBuilder::new();

@@ -4,22 +4,39 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-/// A scored id ordered so that the heap's top is the *worst* kept entry.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A scored id ordered so that "greater" means "worse": higher score wins, then lower id.
+/// `BinaryHeap<Entry>` therefore keeps the worst kept entry on top, ready to be evicted.
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     score: f32,
     id: u32,
 }
 
+impl Entry {
+    #[inline]
+    fn better_than(&self, other: &Entry) -> bool {
+        self.score > other.score || (self.score == other.score && self.id < other.id)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
 impl Eq for Entry {}
 
 impl Ord for Entry {
+    // Total because NaN scores never get in (see `TopK::push`).
     fn cmp(&self, other: &Self) -> Ordering {
-        // Reverse score (min-heap on score); among equal scores the higher id is worse.
-        other
-            .score
-            .total_cmp(&self.score)
-            .then_with(|| self.id.cmp(&other.id))
+        if self.better_than(other) {
+            Ordering::Less
+        } else if other.better_than(self) {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
     }
 }
 
@@ -29,7 +46,8 @@ impl PartialOrd for Entry {
     }
 }
 
-/// Collects the best `k` ids by score.
+/// Collects the best `k` ids by score: one heap for ALS scoring, neighbours, evaluation and
+/// both vector indexes, so every ranking in the crate breaks ties the same way.
 #[derive(Debug)]
 pub struct TopK {
     k: usize,
@@ -37,46 +55,53 @@ pub struct TopK {
 }
 
 impl TopK {
-    /// An empty collector for `k` results.
+    /// An empty collector; callers clamp `k` to the candidate count so the allocation is bounded.
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            heap: BinaryHeap::with_capacity(k.saturating_add(1)),
         }
     }
 
-    /// The score an id must beat to enter, once full.
+    /// The score an id must beat to enter once full; `-inf` while still filling.
+    /// Valid as a strict `>` cut only for scans in ascending id order (ties go to lower ids).
     #[inline]
     pub fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::NEG_INFINITY
-        } else {
-            self.heap.peek().map_or(f32::NEG_INFINITY, |e| e.score)
+        match self.heap.peek() {
+            Some(worst) if self.heap.len() >= self.k => worst.score,
+            _ => f32::NEG_INFINITY,
         }
     }
 
-    /// Offers one candidate; NaN scores are ignored.
+    /// True once `k` entries are held, i.e. [`TopK::threshold`] is a real score.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.heap.len() >= self.k
+    }
+
+    /// Offers one candidate; NaN and `-inf` (the "excluded" score) are refused.
     #[inline]
     pub fn push(&mut self, id: u32, score: f32) {
-        if self.k == 0 || score.is_nan() {
+        if self.k == 0 || score.is_nan() || score == f32::NEG_INFINITY {
             return;
         }
-        let e = Entry { score, id };
+        let candidate = Entry { score, id };
         if self.heap.len() < self.k {
-            self.heap.push(e);
-        } else if let Some(worst) = self.heap.peek()
-            && e.cmp(worst) == Ordering::Less
+            self.heap.push(candidate);
+        } else if let Some(mut worst) = self.heap.peek_mut()
+            && candidate.better_than(&worst)
         {
-            self.heap.pop();
-            self.heap.push(e);
+            *worst = candidate;
         }
     }
 
     /// Best first.
     pub fn into_sorted(self) -> Vec<(u32, f32)> {
-        let mut v: Vec<Entry> = self.heap.into_vec();
-        v.sort_unstable();
-        v.into_iter().map(|e| (e.id, e.score)).collect()
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|e| (e.id, e.score))
+            .collect()
     }
 }
 
@@ -94,6 +119,7 @@ mod tests {
             (9, 2.0),
             (0, 1.0),
             (7, f32::NAN),
+            (3, f32::NEG_INFINITY),
         ] {
             t.push(id, s);
         }

@@ -45,45 +45,57 @@ pub fn grid(
     out
 }
 
-/// Tries each candidate on `validation` (carved from `train_data`, seed `seed`), and
-/// returns the trials and the best one by NDCG@k then recall@k. `keep_going` is asked
-/// before each trial, so a caller can stop at a time budget.
+/// Tries each candidate on validation splits carved from `train_data` (one per seed in
+/// `seeds`, metrics averaged: one split alone picks noise on small shops) and returns the
+/// trials and the best one by NDCG@k then recall@k. `keep_going` is asked before each
+/// trial, so a caller can stop at a time budget.
 pub fn search(
     train_data: &Interactions,
     base: &TrainConfig,
     candidates: &[AlsParams],
-    seed: u64,
+    seeds: &[u64],
     k: usize,
     keep_going: &dyn Fn() -> bool,
 ) -> Result<(Vec<Trial>, Option<AlsParams>)> {
-    let split = eval::split(
-        train_data,
-        Holdout::Random {
-            fraction: 0.2,
-            seed,
-        },
-    );
+    let splits: Vec<_> = seeds
+        .iter()
+        .map(|&seed| {
+            eval::split(
+                train_data,
+                Holdout::Random {
+                    fraction: 0.2,
+                    seed,
+                },
+            )
+        })
+        .collect();
     let mut trials = Vec::new();
-    for als in candidates {
-        if !keep_going() {
-            break;
-        }
+    'candidates: for als in candidates {
         let cfg = TrainConfig {
             als: als.clone(),
             ..base.clone()
         };
-        let model: Model = train(
-            &split.train,
-            &Default::default(),
-            &cfg,
-            "tuning",
-            0,
-            &|_| {},
-        )?;
-        trials.push(Trial {
-            als: als.clone(),
-            validation: model.evaluate(&split, k),
-        });
+        let mut folds = Vec::with_capacity(splits.len());
+        for split in &splits {
+            if !keep_going() {
+                break 'candidates;
+            }
+            let model: Model = train(
+                &split.train,
+                &Default::default(),
+                &cfg,
+                "tuning",
+                0,
+                &|_| {},
+            )?;
+            folds.push(model.evaluate(split, k));
+        }
+        if let Some(validation) = Metrics::mean(&folds) {
+            trials.push(Trial {
+                als: als.clone(),
+                validation,
+            });
+        }
     }
     let best = trials
         .iter()

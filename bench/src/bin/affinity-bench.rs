@@ -32,6 +32,12 @@ struct Hyper {
     iterations: usize,
     #[arg(long, default_value_t = 0.0)]
     reg_exp: f32,
+    /// Conjugate-gradient steps per row and sweep.
+    #[arg(long, default_value_t = 3)]
+    cg_steps: usize,
+    /// Seed of the factor initialisation.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 impl Hyper {
@@ -42,6 +48,8 @@ impl Hyper {
             alpha: self.alpha,
             iterations: self.iterations,
             reg_exponent: self.reg_exp,
+            cg_steps: self.cg_steps,
+            seed: self.seed,
             ..AlsParams::default()
         }
     }
@@ -152,9 +160,9 @@ fn quality(data: &Path, out: &Path, hyper: &Hyper, tune: bool) -> Result<()> {
         let grid = affinity_model::tune::grid(
             &params,
             &[64, 128],
-            &[5.0, 10.0, 20.0, 40.0],
-            &[1.0, 2.0, 5.0],
-            &[0.0, 1.0],
+            &[15.0, 20.0, 25.0, 30.0, 40.0],
+            &[2.0, 3.0, 5.0, 8.0],
+            &[1.0],
         );
         let base = TrainConfig {
             neighbours: 1,
@@ -165,7 +173,7 @@ fn quality(data: &Path, out: &Path, hyper: &Hyper, tune: bool) -> Result<()> {
             ..TrainConfig::default()
         };
         let (trials, best) =
-            affinity_model::tune::search(&split.train, &base, &grid, 7, 10, &|| true)?;
+            affinity_model::tune::search(&split.train, &base, &grid, &[7, 8, 9], 10, &|| true)?;
         for tr in &trials {
             eprintln!(
                 "tune: factors={} reg={} alpha={} reg_exp={} -> val recall@10={:.4} ndcg@10={:.4}",

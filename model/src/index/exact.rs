@@ -8,7 +8,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
 
-use super::{Hit, ItemVectors, TopK, VectorIndex, dot};
+use super::{Hit, ItemVectors, VectorIndex, dot, into_hits};
+use crate::topk::TopK;
 
 /// Queries per matrix-multiply block in batch search: enough rows for the SIMD kernel to run at
 /// full speed while the score block (`QUERY_BLOCK x ITEM_BLOCK`) stays in L2.
@@ -116,11 +117,11 @@ impl VectorIndex for ExactIndex {
             // Strict `>`: ids ascend, so an equal score loses the tie to the id already kept.
             // The filter runs only for items that would make the cut.
             if score > threshold && filter(id as u32) {
-                top.offer(score, id as u32);
+                top.push(id as u32, score);
                 threshold = top.threshold();
             }
         }
-        top.into_hits()
+        into_hits(top)
     }
 
     fn search_batch(
@@ -241,10 +242,10 @@ impl Candidates {
             if score >= self.cut
                 && let Some(row) = vectors.row(id)
             {
-                top.offer(dot(query, row), id);
+                top.push(id, dot(query, row));
             }
         }
-        top.into_hits()
+        into_hits(top)
     }
 }
 

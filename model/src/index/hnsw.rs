@@ -63,8 +63,9 @@ use hnsw_rs::hnswio::HnswIo;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::{ExactIndex, Hit, ItemVectors, TopK, VectorIndex, dot};
+use super::{ExactIndex, Hit, ItemVectors, VectorIndex, dot, into_hits};
 use crate::error::{Error, Result};
+use crate::topk::TopK;
 
 /// Largest norm ratio inside one band: the shortest vector of a band is at least half the
 /// longest, so its reduced vectors stay spread out enough for the graph to navigate.
@@ -420,7 +421,7 @@ impl HnswIndex {
             if let Some(row) = vectors.row(id) {
                 let score = dot(query, row);
                 if score >= threshold && filter(id) {
-                    top.offer(score, id);
+                    top.push(id, score);
                     threshold = top.threshold();
                 }
             }
@@ -447,7 +448,7 @@ impl HnswIndex {
             }
             let score = dot(query, row);
             if score >= threshold && filter(id as u32) {
-                top.offer(score, id as u32);
+                top.push(id as u32, score);
                 threshold = top.threshold();
             }
         }
@@ -554,7 +555,7 @@ impl VectorIndex for HnswIndex {
                 }
                 if hits.len() >= want {
                     for (score, id) in hits {
-                        top.offer(score, id);
+                        top.push(id, score);
                     }
                     continue;
                 }
@@ -571,7 +572,7 @@ impl VectorIndex for HnswIndex {
             }
             self.scan_band(band, query, &mut top, filter);
         }
-        top.into_hits()
+        into_hits(top)
     }
 
     fn search_batch(

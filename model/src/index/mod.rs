@@ -22,12 +22,11 @@
 mod exact;
 mod hnsw;
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::topk::TopK;
 
 pub use exact::ExactIndex;
 pub use hnsw::{HnswIndex, HnswParams};
@@ -248,105 +247,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
-/// A scored candidate ordered so that "greater" means "worse": higher score wins, then lower id.
-/// `BinaryHeap<Ranked>` therefore keeps the worst kept hit on top, ready to be evicted.
-#[derive(Debug, Clone, Copy)]
-struct Ranked {
-    score: f32,
-    id: u32,
-}
-
-impl Ranked {
-    fn better_than(&self, other: &Ranked) -> bool {
-        self.score > other.score || (self.score == other.score && self.id < other.id)
-    }
-}
-
-impl PartialEq for Ranked {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Ranked {}
-
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Ranked {
-    // Total because NaN scores never get in (see `TopK::offer`).
-    fn cmp(&self, other: &Self) -> Ordering {
-        if self.better_than(other) {
-            Ordering::Less
-        } else if other.better_than(self) {
-            Ordering::Greater
-        } else {
-            Ordering::Equal
-        }
-    }
-}
-
-/// Bounded heap keeping the best `k` (score, id) pairs seen, under the module's one ordering.
-#[derive(Debug)]
-struct TopK {
-    k: usize,
-    heap: BinaryHeap<Ranked>,
-}
-
-impl TopK {
-    /// `k` must already be clamped to the number of items, so the allocation is bounded.
-    fn new(k: usize) -> Self {
-        Self {
-            k,
-            heap: BinaryHeap::with_capacity(k.saturating_add(1)),
-        }
-    }
-
-    /// Keeps (score, id) if it is among the best `k` so far; NaN and -inf are refused.
-    #[inline]
-    fn offer(&mut self, score: f32, id: u32) {
-        if score.is_nan() || score == f32::NEG_INFINITY || self.k == 0 {
-            return;
-        }
-        let candidate = Ranked { score, id };
-        if self.heap.len() < self.k {
-            self.heap.push(candidate);
-        } else if let Some(mut worst) = self.heap.peek_mut()
-            && candidate.better_than(&worst)
-        {
-            *worst = candidate;
-        }
-    }
-
-    /// Score a newcomer must beat once the heap is full; `-inf` while it is still filling.
-    /// Valid as a strict `>` cut only for scans in ascending id order (ties go to lower ids).
-    #[inline]
-    fn threshold(&self) -> f32 {
-        match self.heap.peek() {
-            Some(worst) if self.heap.len() >= self.k => worst.score,
-            _ => f32::NEG_INFINITY,
-        }
-    }
-
-    /// True once `k` hits are held, i.e. [`TopK::threshold`] is a real score.
-    fn is_full(&self) -> bool {
-        self.heap.len() >= self.k
-    }
-
-    /// Hits, best first.
-    fn into_hits(self) -> Vec<Hit> {
-        self.heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|r| Hit {
-                id: r.id,
-                score: r.score,
-            })
-            .collect()
-    }
+/// Hits, best first, from the crate's one top-k collector.
+fn into_hits(top: TopK) -> Vec<Hit> {
+    top.into_sorted()
+        .into_iter()
+        .map(|(id, score)| Hit { id, score })
+        .collect()
 }
 
 /// Shared fixtures: seeded data that looks like implicit-ALS factors.
@@ -541,10 +447,10 @@ mod tests {
             (2.0, 1),
             (0.5, 3),
         ] {
-            top.offer(score, id);
+            top.push(id, score);
         }
-        top.offer(f32::NEG_INFINITY, 4);
-        let hits = top.into_hits();
+        top.push(4, f32::NEG_INFINITY);
+        let hits = into_hits(top);
         let ids: Vec<u32> = hits.iter().map(|h| h.id).collect();
         assert_eq!(ids, vec![1, 9, 2]);
     }
