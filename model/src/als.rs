@@ -53,6 +53,11 @@ pub struct AlsParams {
     /// confidence is `W` gets `regularization * (W / n_cols)^reg_exponent`; 0 disables.
     #[serde(default)]
     pub reg_exponent: f32,
+    /// Popularity weighting of "did not buy" (eALS, He et al. 2016): item `i`'s negative
+    /// weight is proportional to `(buyers_i + 1)^neg_exponent`, mean 1; 0 is uniform iALS.
+    /// A popular item a customer skipped says more than an obscure one.
+    #[serde(default)]
+    pub neg_exponent: f32,
     /// Conjugate-gradient steps per row and alternation.
     pub cg_steps: usize,
     /// Standard deviation of the initial factors.
@@ -72,6 +77,7 @@ impl Default for AlsParams {
             confidence: Confidence::Linear,
             iterations: 15,
             reg_exponent: 1.0,
+            neg_exponent: 0.0,
             cg_steps: 3,
             init_std: 0.01,
             seed: 42,
@@ -105,6 +111,9 @@ impl AlsParams {
         if !(self.reg_exponent.is_finite() && (0.0..=2.0).contains(&self.reg_exponent)) {
             return bad("reg_exponent", "must be between 0 and 2");
         }
+        if !(self.neg_exponent.is_finite() && (0.0..=1.0).contains(&self.neg_exponent)) {
+            return bad("neg_exponent", "must be between 0 and 1");
+        }
         if !(1..=1000).contains(&self.iterations) {
             return bad("iterations", "must be between 1 and 1000");
         }
@@ -127,6 +136,57 @@ pub struct AlsFactors {
     pub user: Vec<f32>,
     /// Items x factors.
     pub item: Vec<f32>,
+    /// Per-item weight of "did not buy" (mean 1); fold-in needs it with the item factors.
+    pub negative_weights: Vec<f32>,
+}
+
+/// Per-item weight of unobserved pairs, `(buyers + 1)^exponent` scaled to mean 1: all ones
+/// when `exponent` is 0 (plain implicit ALS).
+pub fn negative_weights(item_users: &Csr, exponent: f32) -> Vec<f32> {
+    let n = item_users.nrows();
+    if exponent == 0.0 || n == 0 {
+        return vec![1.0; n];
+    }
+    let raw: Vec<f64> = (0..n)
+        .map(|i| ((item_users.row_len(i) + 1) as f64).powf(f64::from(exponent)))
+        .collect();
+    let mean = raw.iter().sum::<f64>() / n as f64;
+    raw.iter().map(|&w| (w / mean) as f32).collect()
+}
+
+/// `Y^T diag(w) Y`: the Gram matrix of the item side under per-item negative weights.
+pub fn weighted_gram(y: &[f32], weights: &[f32], d: usize) -> Vec<f32> {
+    if weights.iter().all(|&w| w == 1.0) {
+        return gram(y, d);
+    }
+    let scaled: Vec<f32> = y
+        .chunks(d)
+        .zip(weights)
+        .flat_map(|(row, &w)| {
+            let s = w.sqrt();
+            row.iter().map(move |v| v * s)
+        })
+        .collect();
+    gram(&scaled, d)
+}
+
+/// Base confidence of a row's pairs: the weight every pair gets before purchases add theirs.
+#[derive(Clone, Copy)]
+pub(crate) enum Base<'a> {
+    /// One weight for the whole row (an item row under eALS, or uniform iALS).
+    Row(f32),
+    /// A weight per column (a customer row under eALS: each item's own).
+    PerColumn(&'a [f32]),
+}
+
+impl Base<'_> {
+    #[inline]
+    fn at(&self, col: u32) -> f32 {
+        match *self {
+            Base::Row(w) => w,
+            Base::PerColumn(ws) => ws.get(col as usize).copied().unwrap_or(1.0),
+        }
+    }
 }
 
 /// Fits ALS on `data`; `on_iteration(i)` is called after each full alternation.
@@ -143,34 +203,77 @@ pub fn fit(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
     let mut user = normal_vec(&mut rng, data.n_customers() * d, params.init_std);
     let mut item = normal_vec(&mut rng, data.n_items() * d, params.init_std);
+    let neg = negative_weights(&data.item_users, params.neg_exponent);
     for it in 0..params.iterations {
-        solve_side(&mut user, &item, &data.user_items, params, params.cg_steps);
-        solve_side(&mut item, &user, &data.item_users, params, params.cg_steps);
+        solve_users(&mut user, &item, &neg, &data.user_items, params);
+        solve_items(&mut item, &user, &neg, &data.item_users, params);
         on_iteration(it + 1);
     }
     Ok(AlsFactors {
         factors: d,
         user,
         item,
+        negative_weights: neg,
     })
 }
 
-/// One half-alternation: every row of `x` re-solved against fixed `y`.
-fn solve_side(x: &mut [f32], y: &[f32], m: &Csr, params: &AlsParams, steps: usize) {
+/// Customer half-alternation: every customer re-solved against the fixed item factors.
+fn solve_users(x: &mut [f32], y: &[f32], neg: &[f32], m: &Csr, params: &AlsParams) {
+    let d = params.factors;
+    let yty = weighted_gram(y, neg, d);
+    x.par_chunks_mut(d).enumerate().for_each_init(
+        || Scratch::new(d),
+        |s, (r, xr)| {
+            let (cols, vals) = m.row(r);
+            let reg = row_regularization(params, vals, m.ncols, m.ncols as f32);
+            let base = Base::PerColumn(neg);
+            cg_solve(
+                xr,
+                y,
+                &yty,
+                1.0,
+                base,
+                reg,
+                cols,
+                vals,
+                params,
+                params.cg_steps,
+                s,
+            );
+        },
+    );
+}
+
+/// Item half-alternation: item `i`'s unobserved pairs all carry its own negative weight.
+fn solve_items(x: &mut [f32], y: &[f32], neg: &[f32], m: &Csr, params: &AlsParams) {
     let d = params.factors;
     let yty = gram(y, d);
     x.par_chunks_mut(d).enumerate().for_each_init(
         || Scratch::new(d),
         |s, (r, xr)| {
             let (cols, vals) = m.row(r);
-            let reg = row_regularization(params, vals, m.ncols);
-            cg_solve(xr, y, &yty, reg, cols, vals, params, steps, s);
+            let w = neg.get(r).copied().unwrap_or(1.0);
+            let reg = row_regularization(params, vals, m.ncols, w * m.ncols as f32);
+            cg_solve(
+                xr,
+                y,
+                &yty,
+                w,
+                Base::Row(w),
+                reg,
+                cols,
+                vals,
+                params,
+                params.cg_steps,
+                s,
+            );
         },
     );
 }
 
 /// The regulariser of one row, scaled by its total confidence when asked for.
-fn row_regularization(params: &AlsParams, vals: &[f32], ncols: usize) -> f32 {
+/// `base_mass` is the row's total weight on unobserved pairs (`ncols` under uniform iALS).
+fn row_regularization(params: &AlsParams, vals: &[f32], ncols: usize, base_mass: f32) -> f32 {
     if params.reg_exponent == 0.0 || ncols == 0 {
         return params.regularization;
     }
@@ -178,7 +281,7 @@ fn row_regularization(params: &AlsParams, vals: &[f32], ncols: usize) -> f32 {
         .iter()
         .map(|&w| params.alpha * params.confidence.scaled(w))
         .sum();
-    let total = (ncols as f32 + extra) / ncols as f32;
+    let total = (base_mass + extra) / ncols as f32;
     params.regularization * total.powf(params.reg_exponent)
 }
 
@@ -199,13 +302,16 @@ impl Scratch {
     }
 }
 
-/// Solves `(YtY + reg I + sum_i (c_i - 1) y_i y_i^T) x = sum_i c_i y_i` in place,
-/// warm-started from the current `x`.
+/// Solves `(g YtY + reg I + sum_i (c_i - b_i) y_i y_i^T) x = sum_i c_i y_i` in place,
+/// warm-started from the current `x`, where `b_i` is the base (unobserved) weight and
+/// `c_i = b_i + alpha f(w_i)` the confidence of a purchased pair.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cg_solve(
     x: &mut [f32],
     y: &[f32],
     yty: &[f32],
+    gscale: f32,
+    base: Base<'_>,
     reg: f32,
     cols: &[u32],
     vals: &[f32],
@@ -218,12 +324,12 @@ pub(crate) fn cg_solve(
     // r = b - A x
     symv(yty, x, r);
     for (v, xv) in r.iter_mut().zip(x.iter()) {
-        *v = -*v - reg * xv;
+        *v = -gscale * *v - reg * xv;
     }
     for (&i, &w) in cols.iter().zip(vals) {
         let yi = &y[i as usize * d..(i as usize + 1) * d];
         let cm1 = params.alpha * params.confidence.scaled(w);
-        let c = 1.0 + cm1;
+        let c = base.at(i) + cm1;
         axpy(c - cm1 * dot(yi, x), yi, r);
     }
     p.copy_from_slice(r);
@@ -233,6 +339,9 @@ pub(crate) fn cg_solve(
             break;
         }
         symv(yty, p, ap);
+        if gscale != 1.0 {
+            ap.iter_mut().for_each(|v| *v *= gscale);
+        }
         axpy(reg, p, ap);
         for (&i, &w) in cols.iter().zip(vals) {
             let yi = &y[i as usize * d..(i as usize + 1) * d];
@@ -261,6 +370,7 @@ pub(crate) fn cg_solve(
 pub fn fold_in(
     item_factors: &[f32],
     item_gram: &[f32],
+    negative_weights: &[f32],
     params: &AlsParams,
     history: &[(u32, f32)],
 ) -> Vec<f32> {
@@ -278,14 +388,21 @@ pub fn fold_in(
     let cols: Vec<u32> = merged.iter().map(|&(i, _)| i).collect();
     let vals: Vec<f32> = merged.iter().map(|&(_, w)| w).collect();
     let n_items = item_factors.len().checked_div(d).unwrap_or(0);
-    let reg = row_regularization(params, &vals, n_items);
+    let reg = row_regularization(params, &vals, n_items, n_items as f32);
     let mut x = vec![0.0; d];
     let mut s = Scratch::new(d);
+    let base = if negative_weights.is_empty() {
+        Base::Row(1.0)
+    } else {
+        Base::PerColumn(negative_weights)
+    };
     // CG converges in at most d steps in exact arithmetic; a few more absorb rounding.
     cg_solve(
         &mut x,
         item_factors,
         item_gram,
+        1.0,
+        base,
         reg,
         &cols,
         &vals,
@@ -301,12 +418,13 @@ pub fn fold_in(
 pub fn fold_in_many(
     item_factors: &[f32],
     item_gram: &[f32],
+    negative_weights: &[f32],
     params: &AlsParams,
     histories: &[Vec<(u32, f32)>],
 ) -> Vec<f32> {
     let vecs: Vec<Vec<f32>> = histories
         .par_iter()
-        .map(|h| fold_in(item_factors, item_gram, params, h))
+        .map(|h| fold_in(item_factors, item_gram, negative_weights, params, h))
         .collect();
     vecs.concat()
 }
@@ -411,30 +529,55 @@ mod tests {
 
     #[test]
     fn fold_in_matches_trained_customer() {
-        let data = two_blocks();
-        let p = AlsParams {
-            iterations: 30,
-            cg_steps: 8,
-            ..params()
-        };
-        let f = fit(&data, &p, &|_| {}).unwrap();
-        let g = gram(&f.item, p.factors);
-        for u in [0usize, 25] {
-            let (cols, vals) = data.user_items.row(u);
-            let hist: Vec<(u32, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
-            let x = fold_in(&f.item, &g, &p, &hist);
-            let t = &f.user[u * 8..(u + 1) * 8];
-            let cos = dot(&x, t) / (dot(&x, &x).sqrt() * dot(t, t).sqrt());
-            assert!(cos > 0.999, "cosine {cos}");
-            let rel = x
-                .iter()
-                .zip(t)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f32>()
-                .sqrt()
-                / dot(t, t).sqrt();
-            assert!(rel < 0.02, "relative error {rel}");
+        // Uniform iALS and popularity-weighted negatives (eALS) alike.
+        for neg_exponent in [0.0, 0.5] {
+            let data = two_blocks();
+            let p = AlsParams {
+                iterations: 30,
+                cg_steps: 8,
+                neg_exponent,
+                ..params()
+            };
+            let f = fit(&data, &p, &|_| {}).unwrap();
+            let g = weighted_gram(&f.item, &f.negative_weights, p.factors);
+            for u in [0usize, 25] {
+                let (cols, vals) = data.user_items.row(u);
+                let hist: Vec<(u32, f32)> =
+                    cols.iter().copied().zip(vals.iter().copied()).collect();
+                let x = fold_in(&f.item, &g, &f.negative_weights, &p, &hist);
+                let t = &f.user[u * 8..(u + 1) * 8];
+                let cos = dot(&x, t) / (dot(&x, &x).sqrt() * dot(t, t).sqrt());
+                assert!(cos > 0.999, "neg {neg_exponent}: cosine {cos}");
+                let rel = x
+                    .iter()
+                    .zip(t)
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum::<f32>()
+                    .sqrt()
+                    / dot(t, t).sqrt();
+                assert!(rel < 0.02, "neg {neg_exponent}: relative error {rel}");
+            }
         }
+    }
+
+    #[test]
+    fn negative_weights_have_mean_one_and_follow_popularity() {
+        let data = two_blocks();
+        let uniform = negative_weights(&data.item_users, 0.0);
+        assert!(uniform.iter().all(|&w| w == 1.0));
+        let w = negative_weights(&data.item_users, 0.5);
+        let mean = w.iter().sum::<f32>() / w.len() as f32;
+        assert!((mean - 1.0).abs() < 1e-5, "mean {mean}");
+        for i in 0..w.len() {
+            for j in 0..w.len() {
+                if data.item_users.row_len(i) > data.item_users.row_len(j) {
+                    assert!(w[i] > w[j]);
+                }
+            }
+        }
+        // A uniform weighting leaves the Gram matrix unweighted.
+        let f = fit(&data, &params(), &|_| {}).unwrap();
+        assert_eq!(weighted_gram(&f.item, &uniform, 8), gram(&f.item, 8));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{Error, Result};
 compile_error!("the artifact format stores native little-endian arrays");
 
 /// Version of the byte layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"AFFNMODL";
 const PREAMBLE: usize = 8 + 4 + 4 + 32;
 /// Refuse absurd headers before allocating for them.
@@ -83,6 +83,10 @@ impl Model {
                 bytemuck::cast_slice(self.vectors.as_slice()).to_vec(),
             ),
             ("gram", bytemuck::cast_slice(&self.gram).to_vec()),
+            (
+                "negative_weights",
+                bytemuck::cast_slice(&self.negative_weights).to_vec(),
+            ),
             ("neighbours.ids", cast_u32(&self.neighbours.ids)),
             (
                 "neighbours.scores",
@@ -220,6 +224,7 @@ impl Model {
         let factors = read_f32(get("item_factors")?, "item_factors")?;
         let vectors = ItemVectors::new(factors.into(), d)?;
         let gram = read_f32(get("gram")?, "gram")?;
+        let negative_weights = read_f32(get("negative_weights")?, "negative_weights")?;
         let neighbours = Neighbours {
             k: m.config.neighbours,
             ids: read_u32(get("neighbours.ids")?, "neighbours.ids")?,
@@ -249,6 +254,7 @@ impl Model {
             item_category,
             vectors,
             gram,
+            negative_weights,
             neighbours,
             popularity,
             hnsw,
@@ -408,8 +414,11 @@ mod tests {
         b.push(0);
         expect(&b, "padded");
         let mut b = bytes.clone();
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
-        expect(&b, "format version 2 is not supported");
+        // The previous layout (no negative weights) and a future one are both refused.
+        for foreign in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+            b[8..12].copy_from_slice(&foreign.to_le_bytes());
+            expect(&b, &format!("format version {foreign} is not supported"));
+        }
         let mut b = bytes.clone();
         b[0] = b'X';
         expect(&b, "bad magic");

@@ -12,7 +12,7 @@ use crate::eval::{self, Metrics, Split};
 use crate::ids::IdMap;
 use crate::index::{ExactIndex, HnswIndex, HnswParams, ItemVectors, VectorIndex};
 use crate::interactions::{Interactions, Weighting};
-use crate::linalg::{self, dot, norm};
+use crate::linalg::{dot, norm};
 use crate::neighbours::Neighbours;
 use crate::popularity::Popularity;
 use crate::{Error, Result};
@@ -171,8 +171,10 @@ pub struct Model {
     pub item_category: Vec<Option<u32>>,
     /// Item embeddings.
     pub vectors: ItemVectors,
-    /// `V^T V` of the item embeddings, for fold-in.
+    /// `V^T diag(w) V` of the item embeddings under the negative weights, for fold-in.
     pub gram: Vec<f32>,
+    /// Per-item weight of "did not buy" the model was trained with (mean 1).
+    pub negative_weights: Vec<f32>,
     /// Precomputed neighbours.
     pub neighbours: Neighbours,
     /// Fallback ranking.
@@ -248,7 +250,8 @@ pub fn train(
         })
         .collect();
     let popularity = Popularity::build(&data.item_users, &item_category, categories.len());
-    let gram = linalg::gram(&factors.item, d);
+    let gram = als::weighted_gram(&factors.item, &factors.negative_weights, d);
+    let negative_weights = factors.negative_weights;
     let manifest = Manifest {
         format_version: crate::artifact::FORMAT_VERSION,
         model_version: model_version.to_owned(),
@@ -273,6 +276,7 @@ pub fn train(
         item_category,
         vectors,
         gram,
+        negative_weights,
         neighbours,
         popularity,
         hnsw,
@@ -336,6 +340,7 @@ impl Model {
         item_category: Vec<Option<u32>>,
         vectors: ItemVectors,
         gram: Vec<f32>,
+        negative_weights: Vec<f32>,
         neighbours: Neighbours,
         popularity: Popularity,
         hnsw: Option<Arc<HnswIndex>>,
@@ -352,6 +357,9 @@ impl Model {
         }
         if gram.len() != d * d {
             return shape("gram matrix");
+        }
+        if negative_weights.len() != n || negative_weights.iter().any(|w| !w.is_finite()) {
+            return shape("negative weights");
         }
         if item_category.len() != n {
             return shape("item categories");
@@ -389,6 +397,7 @@ impl Model {
             item_category,
             vectors,
             gram,
+            negative_weights,
             neighbours,
             popularity,
             item_norms,
@@ -444,6 +453,7 @@ impl Model {
         als::fold_in(
             self.vectors.as_slice(),
             &self.gram,
+            &self.negative_weights,
             &self.manifest.config.als,
             weights,
         )
@@ -700,6 +710,7 @@ impl Model {
             let users = als::fold_in_many(
                 self.vectors.as_slice(),
                 &self.gram,
+                &self.negative_weights,
                 &self.manifest.config.als,
                 &hists,
             );

@@ -18,26 +18,31 @@ pub struct Trial {
     pub validation: Metrics,
 }
 
-/// Factors x regularisation x alpha x regulariser exponent, around `base`.
+/// Factors x regularisation x alpha x regulariser exponent x negative-weight exponent,
+/// around `base`.
 pub fn grid(
     base: &AlsParams,
     factors: &[usize],
     regs: &[f32],
     alphas: &[f32],
     exps: &[f32],
+    negs: &[f32],
 ) -> Vec<AlsParams> {
     let mut out = Vec::new();
     for &f in factors {
         for &r in regs {
             for &a in alphas {
                 for &e in exps {
-                    out.push(AlsParams {
-                        factors: f,
-                        regularization: r,
-                        alpha: a,
-                        reg_exponent: e,
-                        ..base.clone()
-                    });
+                    for &ne in negs {
+                        out.push(AlsParams {
+                            factors: f,
+                            regularization: r,
+                            alpha: a,
+                            reg_exponent: e,
+                            neg_exponent: ne,
+                            ..base.clone()
+                        });
+                    }
                 }
             }
         }

@@ -8,7 +8,6 @@ use affinity_bench::{peak_rss_mb, r4, read_pairs, write_pairs};
 use affinity_model::als::{self, AlsParams};
 use affinity_model::eval::{self, Holdout, Split};
 use affinity_model::interactions::{Event, Interactions, InteractionsBuilder, Weighting};
-use affinity_model::linalg;
 use affinity_model::model::{IndexChoice, TrainConfig};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -32,6 +31,9 @@ struct Hyper {
     iterations: usize,
     #[arg(long, default_value_t = 0.0)]
     reg_exp: f32,
+    /// Popularity weighting of unobserved pairs (eALS); 0 is uniform.
+    #[arg(long, default_value_t = 0.0)]
+    neg_exp: f32,
     /// Conjugate-gradient steps per row and sweep.
     #[arg(long, default_value_t = 3)]
     cg_steps: usize,
@@ -49,6 +51,7 @@ impl Hyper {
             iterations: self.iterations,
             reg_exponent: self.reg_exp,
             cg_steps: self.cg_steps,
+            neg_exponent: self.neg_exp,
             seed: self.seed,
             ..AlsParams::default()
         }
@@ -159,10 +162,11 @@ fn quality(data: &Path, out: &Path, hyper: &Hyper, tune: bool) -> Result<()> {
         let t = Instant::now();
         let grid = affinity_model::tune::grid(
             &params,
-            &[64, 128],
-            &[15.0, 20.0, 25.0, 30.0, 40.0],
-            &[2.0, 3.0, 5.0, 8.0],
+            &[128],
+            &[20.0, 25.0, 30.0, 40.0],
+            &[3.0, 5.0, 8.0],
             &[1.0],
+            &[0.0, 0.1, 0.25],
         );
         let base = TrainConfig {
             neighbours: 1,
@@ -176,11 +180,12 @@ fn quality(data: &Path, out: &Path, hyper: &Hyper, tune: bool) -> Result<()> {
             affinity_model::tune::search(&split.train, &base, &grid, &[7, 8, 9], 10, &|| true)?;
         for tr in &trials {
             eprintln!(
-                "tune: factors={} reg={} alpha={} reg_exp={} -> val recall@10={:.4} ndcg@10={:.4}",
+                "tune: factors={} reg={} alpha={} reg_exp={} neg_exp={} -> val recall@10={:.4} ndcg@10={:.4}",
                 tr.als.factors,
                 tr.als.regularization,
                 tr.als.alpha,
                 tr.als.reg_exponent,
+                tr.als.neg_exponent,
                 tr.validation.recall,
                 tr.validation.ndcg
             );
@@ -206,7 +211,7 @@ fn quality(data: &Path, out: &Path, hyper: &Hyper, tune: bool) -> Result<()> {
 /// Scores the split the way the service does: fold-in of each customer's train history.
 fn evaluate(split: &Split, f: &als::AlsFactors, params: &AlsParams) -> eval::Metrics {
     let d = params.factors;
-    let g = linalg::gram(&f.item, d);
+    let g = als::weighted_gram(&f.item, &f.negative_weights, d);
     let cands = eval::trained_items(&split.train);
     let recs = eval::rank_all(&split.train, &split.test, &cands, 10, &|rows, out| {
         let hists: Vec<Vec<(u32, f32)>> = rows
@@ -216,7 +221,7 @@ fn evaluate(split: &Split, f: &als::AlsFactors, params: &AlsParams) -> eval::Met
                 c.iter().copied().zip(v.iter().copied()).collect()
             })
             .collect();
-        let users = als::fold_in_many(&f.item, &g, params, &hists);
+        let users = als::fold_in_many(&f.item, &g, &f.negative_weights, params, &hists);
         eval::dot_block(&users, &f.item, d, out);
     });
     eval::metrics(&recs, &split.test, 10, cands.iter().filter(|&&c| c).count())
