@@ -72,6 +72,76 @@ pub fn split(data: &Interactions, holdout: Holdout) -> Split {
     Split { train, test }
 }
 
+/// How the rows of a caller's test file mapped onto a training set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalTest {
+    /// Rows given.
+    pub rows: usize,
+    /// Distinct (customer, item) pairs held out for scoring.
+    pub pairs: usize,
+    /// Customers with at least one held-out pair.
+    pub customers: usize,
+    /// Rows whose customer never appears in train: no history to fold in, not scored.
+    pub unknown_customer_rows: usize,
+    /// Rows whose item never appears in train: kept, and always a miss (no model can rank
+    /// an item it has never seen), so recall is not flattered.
+    pub unknown_item_rows: usize,
+    /// Rows the customer also has in train: excluded from ranking, so dropped.
+    pub in_train_rows: usize,
+    /// Repeated (customer, item) rows beyond the first.
+    pub duplicate_rows: usize,
+}
+
+/// A split from the caller's own train and test data (`affinity eval`): `train` as is, and
+/// the test pairs mapped onto its ids. Unseen items get ids past the catalogue, so they
+/// count in the recall denominator and can never be hit.
+pub fn split_from_pairs<'a>(
+    train: &Interactions,
+    test: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (Split, ExternalTest) {
+    let n = train.n_items() as u32;
+    let mut unknown_items: std::collections::HashMap<&'a str, u32> = Default::default();
+    let mut held = vec![Vec::new(); train.n_customers()];
+    let mut stats = ExternalTest::default();
+    for (customer, item) in test {
+        stats.rows += 1;
+        let Some(u) = train.customers.get(customer) else {
+            stats.unknown_customer_rows += 1;
+            continue;
+        };
+        let i = match train.items.get(item) {
+            Some(i) => {
+                if train.user_items.row(u as usize).0.binary_search(&i).is_ok() {
+                    stats.in_train_rows += 1;
+                    continue;
+                }
+                i
+            }
+            None => {
+                stats.unknown_item_rows += 1;
+                let next = n.saturating_add(unknown_items.len() as u32);
+                *unknown_items.entry(item).or_insert(next)
+            }
+        };
+        held[u as usize].push(i);
+    }
+    for t in &mut held {
+        let before = t.len();
+        t.sort_unstable();
+        t.dedup();
+        stats.duplicate_rows += before - t.len();
+        stats.pairs += t.len();
+        stats.customers += usize::from(!t.is_empty());
+    }
+    (
+        Split {
+            train: train.clone(),
+            test: held,
+        },
+        stats,
+    )
+}
+
 /// Top-k metrics averaged over customers with at least one held-out item.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -235,6 +305,56 @@ pub fn trained_items(train: &Interactions) -> Vec<bool> {
 mod tests {
     use super::*;
     use crate::interactions::{Event, InteractionsBuilder, Weighting};
+
+    #[test]
+    fn external_test_pairs_map_onto_train_and_unseen_items_are_misses() {
+        let train = split(
+            &data(),
+            Holdout::Random {
+                fraction: 0.5,
+                seed: 1,
+            },
+        )
+        .train;
+        let c0 = train.customers.id(0).to_owned();
+        let (bought, _) = train.user_items.row(0);
+        let owned = train.items.id(bought[0]).to_owned();
+        let other = (0..train.n_items() as u32)
+            .find(|i| bought.binary_search(i).is_err())
+            .unwrap();
+        let other = train.items.id(other).to_owned();
+        let rows = vec![
+            (c0.as_str(), other.as_str()),
+            (c0.as_str(), other.as_str()),
+            (c0.as_str(), owned.as_str()),
+            (c0.as_str(), "never-sold"),
+            ("stranger", other.as_str()),
+        ];
+        let (split, stats) = split_from_pairs(&train, rows);
+        assert_eq!(
+            stats,
+            ExternalTest {
+                rows: 5,
+                pairs: 2,
+                customers: 1,
+                unknown_customer_rows: 1,
+                unknown_item_rows: 1,
+                in_train_rows: 1,
+                duplicate_rows: 1,
+            }
+        );
+        let n = train.n_items() as u32;
+        assert_eq!(split.test[0].len(), 2);
+        assert!(
+            split.test[0].contains(&n),
+            "unseen item gets an id past the catalogue"
+        );
+        // Recommending everything in the catalogue still cannot hit the unseen item.
+        let all: Vec<u32> = (0..n).collect();
+        let recs: Vec<Vec<u32>> = (0..train.n_customers()).map(|_| all.clone()).collect();
+        let m = metrics(&recs, &split.test, all.len(), n as usize);
+        assert!((m.recall - 0.5).abs() < 1e-12, "recall {}", m.recall);
+    }
 
     #[test]
     fn mean_of_folds_averages_rates_and_sums_customers() {

@@ -1,5 +1,7 @@
 //! `affinity`: try the engine on a demo shop, import your own CSVs, train a model.
 
+mod eval;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -61,6 +63,8 @@ enum Cmd {
         #[arg(long)]
         skip_bad_rows: bool,
     },
+    /// Train on your own train CSV and score your test CSV (full ranking, as `bench/quality`).
+    Eval(eval::EvalArgs),
     /// Train a model on the tenant's purchases and store the artifact.
     Train {
         /// Also write the artifact to this path.
@@ -79,6 +83,10 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Eval(args) = cli.cmd {
+        // Files in, numbers out: no store involved.
+        return eval::run(args, cli.json);
+    }
     let tenant = TenantId::parse(cli.tenant.clone()).context("--tenant")?;
     let stores = Stores::open(&Backend::from_env()?)
         .await
@@ -149,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
             report(&model, &key, cli.json)?;
             show_examples(&stores, &tenant, &model, &shop).await?;
         }
+        Cmd::Eval(_) => unreachable!("handled before the store is opened"),
     }
     Ok(())
 }
