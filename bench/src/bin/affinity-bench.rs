@@ -93,6 +93,9 @@ enum Cmd {
         threads: usize,
         #[command(flatten)]
         hyper: Hyper,
+        /// Also time loading a verified artifact of this many items (0 skips it).
+        #[arg(long, default_value_t = 100_000)]
+        load_items: usize,
     },
 }
 
@@ -115,11 +118,12 @@ fn main() -> Result<()> {
             dir,
             threads,
             hyper,
+            load_items,
         } => {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build_global()?;
-            train_speed(&dir, threads, &hyper)
+            train_speed(&dir, threads, &hyper, load_items)
         }
     }
 }
@@ -357,7 +361,7 @@ fn load_split(dir: &Path) -> Result<Split> {
     Ok(Split { train, test: held })
 }
 
-fn train_speed(dir: &Path, threads: usize, hyper: &Hyper) -> Result<()> {
+fn train_speed(dir: &Path, threads: usize, hyper: &Hyper, load_items: usize) -> Result<()> {
     let split = load_split(dir)?;
     let params = hyper.params();
     let t = Instant::now();
@@ -367,9 +371,67 @@ fn train_speed(dir: &Path, threads: usize, hyper: &Hyper) -> Result<()> {
     let fit_seconds = t.elapsed().as_secs_f64();
     let peak = peak_rss_mb();
     let m = evaluate(&split, &f, &params);
-    println!(
-        "{}",
-        serde_json::json!({"system": "affinity", "fit_seconds": r4(fit_seconds), "peak_rss_mb": peak.round(), "recall_at_10": r4(m.recall), "factors": params.factors, "iterations": params.iterations, "threads": threads})
-    );
+    let mut line = serde_json::json!({"system": "affinity", "fit_seconds": r4(fit_seconds), "peak_rss_mb": peak.round(), "recall_at_10": r4(m.recall), "factors": params.factors, "iterations": params.iterations, "threads": threads});
+    if load_items > 0 {
+        let (mb, load_ms) = artifact_load(load_items, params.factors)?;
+        line["artifact_items"] = load_items.into();
+        line["artifact_mb"] = r4(mb).into();
+        line["artifact_load_ms"] = r4(load_ms).into();
+    }
+    println!("{line}");
     Ok(())
+}
+
+/// Builds a model of `items` items (seeded co-purchase groups, 3 ALS sweeps: load time
+/// depends on sizes, not quality) with the default neighbours and index choice, saves the
+/// artifact and returns its size in MB and the median time of five verified loads (file in
+/// the page cache, as on a warm Lambda disk).
+fn artifact_load(items: usize, factors: usize) -> Result<(f64, f64)> {
+    let t = Instant::now();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut b = InteractionsBuilder::new();
+    let group = 50usize;
+    for c in 0..items * 2 {
+        let g = rng.random_range(0..items.div_ceil(group));
+        for _ in 0..5 {
+            let i = (g * group + rng.random_range(0..group)).min(items - 1);
+            b.push(Event {
+                customer: &format!("c{c}"),
+                item: &format!("i{i}"),
+                quantity: 1.0,
+                at: 0,
+            })?;
+        }
+    }
+    let data = b.build(&Weighting {
+        half_life_days: None,
+    })?;
+    let config = TrainConfig {
+        als: AlsParams {
+            factors,
+            iterations: 3,
+            ..AlsParams::default()
+        },
+        ..TrainConfig::default()
+    };
+    let model =
+        affinity_model::model::train(&data, &Default::default(), &config, "load-time", 0, &|_| {})?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.afm");
+    model.save(&path)?;
+    let mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
+    eprintln!(
+        "artifact: {} items x {factors} factors, {mb:.1} MB, built in {:.1}s",
+        model.items.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            affinity_model::model::Model::load(&path).map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<affinity_model::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    eprintln!("artifact loads (ms): {times:?}");
+    Ok((mb, times[2]))
 }
