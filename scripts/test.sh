@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs the protocol peer (moto) into a private venv,
-# starts it on loopback, runs formatting, lints and every test, stops the peer.
+# starts it on loopback, runs formatting, lints (Rust and the infra template) and every test,
+# stops the peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,8 @@ echo "==> moto on $AFFINITY_TEST_MOTO_URL (pid $MOTO_PID)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> infra lint (cfn-lint as written and after SAM translation, with its self-test)"
+bash infra/lint.sh
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> tests"
