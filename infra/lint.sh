@@ -5,10 +5,13 @@
 #   2. cfn-lint on the template translated offline by aws-sam-translator (infra/sam_translate.py,
 #      fake region and account, no AWS call): cfn-lint alone does not look inside
 #      AWS::Serverless::Function the way CloudFormation will (runtime, architectures, policies);
-#   3. self-test: a copy with a wrong runtime on the api function must fail pass 2.
+#   3. least privilege (infra/check_iam.py on the translated template): every data action
+#      (DynamoDB, S3, Lambda, SQS) names this stack's own resources, no "*", no wildcard action;
+#   4. self-tests: a copy with a wrong runtime on the api function must fail pass 2, and a
+#      statement granting a data action on "*" must fail step 3.
 #
-# Tools come from PyPI into a private venv (pinned versions). Exit 0 only if both passes are
-# clean and the self-test failed as it must. Usage: infra/lint.sh [TEMPLATE]
+# Tools come from PyPI into a private venv (pinned versions). Exit 0 only if every check is
+# clean and both self-tests failed as they must. Usage: infra/lint.sh [TEMPLATE]
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 TEMPLATE="${1:-$HERE/template.yaml}"
@@ -42,6 +45,9 @@ echo "==> pass 2: aws-sam-translator (offline) then cfn-lint on the result"
 "$PY" "$HERE/sam_translate.py" "$TEMPLATE" "$WORK/translated.json"
 "$CFN_LINT" "${TRANSLATED_IGNORES[@]}" -- "$WORK/translated.json"
 
+echo "==> least privilege: data actions only on this stack's tables, indexes, bucket, function, queue"
+"$PY" "$HERE/check_iam.py" "$WORK/translated.json"
+
 echo "==> self-test: a wrong runtime on the api function must fail pass 2"
 "$PY" - "$TEMPLATE" "$WORK/broken.json" <<'EOF'
 import json, sys
@@ -72,4 +78,17 @@ if [ "$pass1_rc" -eq 0 ]; then
 else
   echo "    (pass 1 rejects it too, rc=$pass1_rc)"
 fi
-echo "==> infra lint: both passes clean, self-test ok"
+echo "==> self-test: a data action on \"*\" must fail the least-privilege check"
+"$PY" - "$WORK/translated.json" "$WORK/wide.json" <<'EOF'
+import json, sys
+t = json.load(open(sys.argv[1], encoding="utf-8"))
+doc = t["Resources"]["ApiFunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+doc["Statement"].append({"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": "*"})
+json.dump(t, open(sys.argv[2], "w", encoding="utf-8"))
+EOF
+if "$PY" "$HERE/check_iam.py" "$WORK/wide.json" 2>"$WORK/wide.txt"; then
+  echo "FAIL: the least-privilege check accepted dynamodb:Scan on \"*\""
+  exit 1
+fi
+echo "    rejected: $(head -1 "$WORK/wide.txt" | sed 's/^[^:]*: //')"
+echo "==> infra lint: both passes and the least-privilege check clean, self-tests ok"
