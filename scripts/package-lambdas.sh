@@ -7,8 +7,7 @@
 # BIN defaults to the two functions of infra/template.yaml (affinity-api, affinity-retrain).
 # --profile defaults to `release` (fat LTO, codegen-units 1, strip: the deployed build, the one
 # whose sizes docs/BENCHMARKS.md reports). Any other Cargo profile is passed through as is.
-# --out defaults to $CARGO_TARGET_DIR/lambda (or target/lambda); each binary gets
-# OUT/<bin>/bootstrap.zip.
+# --out defaults to <cargo target dir>/lambda/<profile>; each binary gets OUT/<bin>/bootstrap.zip.
 #
 # Tools: cargo-lambda from PyPI (it brings zig, the cross linker) in a private venv, and the
 # aarch64-unknown-linux-gnu Rust target (added with rustup if missing). The last line of output
@@ -27,7 +26,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="${2:?--profile needs a name}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) bins+=("$1"); shift ;;
   esac
@@ -61,7 +60,7 @@ for b in "${bins[@]}"; do
 done
 
 target_dir="$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-out="${out:-$target_dir/lambda}"
+out="${out:-$target_dir/lambda/$profile}"
 
 profile_args=(--profile "$profile")
 [ "$profile" = "release" ] && profile_args=(--release)
