@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs the protocol peer (moto) into a private venv,
-# starts it on loopback, runs formatting, lints and every test, stops the peer.
+# starts it on loopback, runs formatting, lints (Rust and the infra template) and every test,
+# stops the peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,8 @@ echo "==> moto on $AFFINITY_TEST_MOTO_URL (pid $MOTO_PID)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> infra lint (cfn-lint as written and after SAM translation, with its self-test)"
+bash infra/lint.sh
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> tests"
@@ -37,4 +40,22 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo test --workspace --locked --doc
 else
   cargo test --workspace --locked --no-fail-fast
+fi
+
+# The arm64 Lambda packages of the functions infra/template.yaml deploys, built with the cheap
+# `lambda-ci` profile (no fat LTO): proves on every run that both functions cross-compile and
+# link for provided.al2023 on arm64 (cargo-lambda + zig) and zip to a `bootstrap`. Deployed sizes
+# come from the release profile and are recorded in docs/BENCHMARKS.md.
+echo "==> arm64 Lambda packages (lambda-ci profile)"
+mapfile -t lambda_bins < <(sed -n 's/^ *Binary: *\([A-Za-z0-9_-]*\).*/\1/p' infra/template.yaml)
+workspace_bins="$(cargo metadata --format-version 1 --no-deps --locked | python3 -c \
+  'import json,sys; print("\n".join(t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"]))')"
+present=0
+for b in "${lambda_bins[@]}"; do grep -qx "$b" <<<"$workspace_bins" && present=$((present + 1)); done
+if [ "$present" -eq 0 ]; then
+  # Only while the function crates have not landed: once one exists, every binary the template
+  # names must build, and a missing one fails the run.
+  echo "    the template's functions (${lambda_bins[*]}) are not in the workspace yet: nothing to package"
+else
+  bash scripts/package-lambdas.sh --profile lambda-ci "${lambda_bins[@]}"
 fi

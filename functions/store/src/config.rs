@@ -39,14 +39,20 @@ pub enum Backend {
         bucket: String,
         /// Object key prefix inside the bucket ("" for none).
         blob_prefix: String,
+        /// Days offer events are kept before DynamoDB's TTL removes them; `None` keeps them.
+        offer_event_retention_days: Option<u32>,
     },
 }
+
+/// Upper bound of `AFFINITY_OFFER_EVENT_RETENTION_DAYS` (100 years): beyond it a typo, not a policy.
+const MAX_RETENTION_DAYS: u32 = 36_500;
 
 impl Backend {
     /// Reads `AFFINITY_BACKEND` (embedded|aws|memory, default embedded) and its settings:
     /// embedded: `AFFINITY_DATA_DIR` (default `.affinity`) holding `affinity.db` and `blobs/`;
     /// aws: `AFFINITY_TABLE_PREFIX` (default `affinity-`), `AFFINITY_BUCKET` (required),
-    /// `AFFINITY_BLOB_PREFIX` (default empty).
+    /// `AFFINITY_BLOB_PREFIX` (default empty), `AFFINITY_OFFER_EVENT_RETENTION_DAYS` (days
+    /// offer events are kept; absent, empty or 0 keeps them forever).
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -74,10 +80,13 @@ impl Backend {
                         Error::invalid("AFFINITY_BUCKET", "must be set when AFFINITY_BACKEND=aws")
                     })?;
                 let blob_prefix = get("AFFINITY_BLOB_PREFIX").unwrap_or_default();
+                let offer_event_retention_days =
+                    parse_retention_days(get("AFFINITY_OFFER_EVENT_RETENTION_DAYS"))?;
                 Ok(Backend::Aws {
                     table_prefix,
                     bucket,
                     blob_prefix,
+                    offer_event_retention_days,
                 })
             }
             other => Err(Error::invalid(
@@ -85,6 +94,23 @@ impl Backend {
                 format!("{other:?} is not one of embedded|aws|memory"),
             )),
         }
+    }
+}
+
+/// `AFFINITY_OFFER_EVENT_RETENTION_DAYS`: absent, empty or 0 = keep forever; else 1..=36500.
+fn parse_retention_days(raw: Option<String>) -> Result<Option<u32>> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<u32>() {
+        Ok(0) => Ok(None),
+        Ok(d) if d <= MAX_RETENTION_DAYS => Ok(Some(d)),
+        _ => Err(Error::invalid(
+            "AFFINITY_OFFER_EVENT_RETENTION_DAYS",
+            format!(
+                "{raw:?} must be a whole number of days, 0..={MAX_RETENTION_DAYS} (0 keeps events forever)"
+            ),
+        )),
     }
 }
 
@@ -122,16 +148,17 @@ impl Stores {
                 table_prefix,
                 bucket,
                 blob_prefix,
+                offer_event_retention_days,
             } => {
                 let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .load()
                     .await;
-                Self::open_aws(
-                    &sdk,
-                    DynamoOptions::new(table_prefix.clone()),
-                    bucket,
-                    blob_prefix,
-                )
+                let options = DynamoOptions {
+                    offer_event_retention: offer_event_retention_days
+                        .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+                    ..DynamoOptions::new(table_prefix.clone())
+                };
+                Self::open_aws(&sdk, options, bucket, blob_prefix)
             }
         }
     }
@@ -377,9 +404,39 @@ mod tests {
             Backend::Aws {
                 table_prefix: "shop-".into(),
                 bucket: "artifacts".into(),
-                blob_prefix: String::new()
+                blob_prefix: String::new(),
+                offer_event_retention_days: None,
             }
         );
         assert!(Backend::from_lookup(lookup(&[("AFFINITY_BACKEND", "cloud")])).is_err());
+    }
+
+    #[test]
+    fn offer_event_retention_is_opt_in_and_validated() {
+        let with = |days: &'static str| {
+            Backend::from_lookup(lookup(&[
+                ("AFFINITY_BACKEND", "aws"),
+                ("AFFINITY_BUCKET", "artifacts"),
+                ("AFFINITY_OFFER_EVENT_RETENTION_DAYS", days),
+            ]))
+        };
+        let days = |b: Backend| match b {
+            Backend::Aws {
+                offer_event_retention_days,
+                ..
+            } => offer_event_retention_days,
+            other => panic!("not aws: {other:?}"),
+        };
+        assert_eq!(days(with("400").unwrap()), Some(400));
+        assert_eq!(days(with(" 730 ").unwrap()), Some(730));
+        assert_eq!(days(with("0").unwrap()), None);
+        assert_eq!(days(with("").unwrap()), None);
+        for bad in ["-1", "1.5", "forever", "36501"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("AFFINITY_OFFER_EVENT_RETENTION_DAYS"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! `suite` holds backend-agnostic checks; the `conformance!` macro runs each of them unchanged
 //! against the embedded backend (SQLite + folder, fresh temp dir per test) and against
 //! DynamoDB + S3 served by moto (`AFFINITY_TEST_MOTO_URL`, unique table prefix and bucket per
-//! test). `faults` drives the DynamoDB backend through a fault-injecting proxy.
+//! test). `faults` drives the DynamoDB backend through a fault-injecting proxy; `ttl` checks
+//! the TTL attributes DynamoDB expires rows by.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,6 +16,8 @@ mod faults;
 mod harness;
 #[path = "conformance/suite.rs"]
 mod suite;
+#[path = "conformance/ttl.rs"]
+mod ttl;
 
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {

@@ -262,7 +262,14 @@ pub(crate) fn event_key(tenant: &TenantId, e: &EventId) -> Item {
     Item::from([(PK.into(), s(tkey(tenant, e.as_str())))])
 }
 
-pub(crate) fn event_item(tenant: &TenantId, e: &OfferEvent, write_token: &str) -> Item {
+/// The stored row of an offer event; with a retention (`ttl_secs`), the row also carries the
+/// TTL attribute `expires_at` = event time + retention, in epoch seconds.
+pub(crate) fn event_item(
+    tenant: &TenantId,
+    e: &OfferEvent,
+    write_token: &str,
+    ttl_secs: Option<i64>,
+) -> Item {
     let mut item = event_key(tenant, &e.event_id);
     item.insert(TENANT.into(), s(tenant.as_str()));
     item.insert("event_id".into(), s(e.event_id.as_str()));
@@ -283,6 +290,9 @@ pub(crate) fn event_item(tenant: &TenantId, e: &OfferEvent, write_token: &str) -
         s(format!("{}#{}", at_prefix(e.at), e.event_id.as_str())),
     );
     item.insert("write_token".into(), s(write_token));
+    if let Some(ttl) = ttl_secs {
+        item.insert(EXPIRES_AT.into(), n(e.at.timestamp().saturating_add(ttl)));
+    }
     item
 }
 
@@ -476,6 +486,34 @@ mod tests {
         let late = at_prefix(Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap());
         assert_eq!(early.len(), 15);
         assert!(early < late);
+    }
+
+    #[test]
+    fn offer_event_ttl_is_event_time_plus_retention_only_when_configured() {
+        let t = TenantId::default();
+        let at = Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap();
+        let e = OfferEvent {
+            event_id: EventId::parse("e1").unwrap(),
+            customer_id: CustomerId::parse("c1").unwrap(),
+            offer_id: OfferId::parse("o1").unwrap(),
+            kind: crate::types::OfferEventKind::Shown,
+            channel: Channel::parse("email").unwrap(),
+            recommendation_id: None,
+            at,
+        };
+        let kept = event_item(&t, &e, "tok", None);
+        assert!(!kept.contains_key(EXPIRES_AT));
+        assert_eq!(event_from(&kept).unwrap(), e);
+
+        let retention = 400 * 86_400;
+        let expiring = event_item(&t, &e, "tok", Some(retention));
+        let expires: i64 = get_n(&expiring, EXPIRES_AT).unwrap();
+        assert_eq!(expires, at.timestamp() + retention);
+        // The TTL attribute is bookkeeping: the event reads back unchanged.
+        assert_eq!(event_from(&expiring).unwrap(), e);
+        // Far-future events must not overflow the epoch-seconds arithmetic.
+        let far = event_item(&t, &e, "tok", Some(i64::MAX));
+        assert_eq!(get_n::<i64>(&far, EXPIRES_AT).unwrap(), i64::MAX);
     }
 
     #[test]

@@ -56,15 +56,20 @@ pub struct DynamoOptions {
     pub retry: RetryPolicy,
     /// Batch requests in flight at once per call.
     pub concurrency: usize,
+    /// How long offer events are kept: each event row gets a TTL attribute (`expires_at`) at
+    /// its `at` plus this, and DynamoDB deletes it (lazily) after that. `None` keeps them.
+    pub offer_event_retention: Option<std::time::Duration>,
 }
 
 impl DynamoOptions {
-    /// Defaults for a prefix: 10 attempts, 25 ms..5 s full-jitter backoff, 8 requests in flight.
+    /// Defaults for a prefix: 10 attempts, 25 ms..5 s full-jitter backoff, 8 requests in
+    /// flight, offer events kept forever.
     pub fn new(table_prefix: impl Into<String>) -> Self {
         Self {
             table_prefix: table_prefix.into(),
             retry: RetryPolicy::default(),
             concurrency: 8,
+            offer_event_retention: None,
         }
     }
 }
@@ -74,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) names: HashMap<TableId, String>,
     pub(crate) retry: RetryPolicy,
     pub(crate) concurrency: usize,
+    /// Offer-event retention in whole seconds (TTL offset from the event's time).
+    pub(crate) offer_event_ttl_secs: Option<i64>,
 }
 
 /// The DynamoDB record store; cheap to clone.
@@ -132,6 +139,9 @@ impl DynamoStore {
                 names,
                 retry: options.retry,
                 concurrency: options.concurrency.max(1),
+                offer_event_ttl_secs: options
+                    .offer_event_retention
+                    .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
             }),
         })
     }

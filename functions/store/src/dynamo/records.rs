@@ -676,7 +676,7 @@ impl OfferStore for DynamoStore {
 
 async fn put_event(inner: &Inner, tenant: &TenantId, e: &OfferEvent) -> Result<WriteOutcome> {
     let token = format!("{:032x}", rand::random::<u128>());
-    let item = codec::event_item(tenant, e, &token);
+    let item = codec::event_item(tenant, e, &token, inner.offer_event_ttl_secs);
     if inner
         .put_if(
             TableId::OfferEvents,

@@ -1,8 +1,9 @@
 //! The DynamoDB table schema, defined once, as data.
 //!
 //! `tables()` is the single source of truth: table creation (`create_tables`), the codec
-//! and the infra template check all read it. Every table is on-demand (PAY_PER_REQUEST),
-//! its name is `<prefix><suffix>` with the prefix from configuration.
+//! and the infra template check (`schema/template_check.rs`, a test) all read it. Every table
+//! is on-demand (PAY_PER_REQUEST), its name is `<prefix><suffix>` with the prefix from
+//! configuration.
 
 use std::fmt;
 
@@ -140,7 +141,8 @@ pub mod attr {
     pub const AT_KEY: &str = "at_key";
     /// API key id (sort key of the by-tenant key index).
     pub const KEY_ID: &str = "key_id";
-    /// TTL attribute (epoch seconds) of the control table.
+    /// TTL attribute (epoch seconds) of the control table (locks, jobs) and of offer events
+    /// (when a retention is configured).
     pub const EXPIRES_AT: &str = "expires_at";
 }
 
@@ -211,7 +213,8 @@ pub fn tables() -> Vec<TableSpec> {
                     sort_key: Some(s(AT_KEY)),
                 },
             ],
-            ttl_attribute: None,
+            // Written only when a retention is configured (DynamoOptions::offer_event_retention).
+            ttl_attribute: Some(EXPIRES_AT),
         },
         TableSpec {
             id: TableId::ApiKeys,
@@ -278,6 +281,9 @@ pub fn validate_prefix(prefix: &str) -> crate::Result<()> {
 }
 
 #[cfg(test)]
+mod template_check;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -289,6 +295,10 @@ mod tests {
         let suffixes: std::collections::HashSet<_> = t.iter().map(|t| t.suffix).collect();
         assert_eq!(suffixes.len(), t.len());
         assert_eq!(table(TableId::Control).ttl_attribute, Some("expires_at"));
+        assert_eq!(
+            table(TableId::OfferEvents).ttl_attribute,
+            Some("expires_at")
+        );
     }
 
     #[test]

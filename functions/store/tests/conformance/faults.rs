@@ -27,9 +27,9 @@ async fn stores(
     .unwrap();
     direct.create_tables().await.unwrap();
     let options = DynamoOptions {
-        table_prefix: prefix,
         retry,
         concurrency: 8,
+        ..DynamoOptions::new(prefix)
     };
     let faulty =
         DynamoStore::new(&peer_sdk_config(&proxy.url, sdk_attempts).await, options).unwrap();
@@ -181,6 +181,7 @@ async fn write_retried_after_timeout_does_not_double_count() {
                 .to_string(),
             retry: fast_retry(5),
             concurrency: 1,
+            offer_event_retention: None,
         };
         let faulty2 =
             DynamoStore::new(&peer_sdk_config(&proxy2.url, sdk_attempts).await, options).unwrap();
