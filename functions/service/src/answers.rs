@@ -73,6 +73,11 @@ pub enum ReasonOut {
         /// Its category.
         category: Option<String>,
     },
+    /// Known to the model but never bought, so nothing ranks it yet (fills short answers).
+    NoPurchasesYet {
+        /// Its category.
+        category: Option<String>,
+    },
 }
 
 /// One item of an answer.
@@ -155,6 +160,9 @@ impl Filter<'_> {
 /// The answer under construction.
 struct Draft {
     scored: Vec<Scored>,
+    /// Model items nobody bought yet, topping up a short answer.
+    unbought: Vec<u32>,
+    /// Indices into the catalog's new items, topping up a short answer.
     new: Vec<usize>,
     fallback: Option<Fallback>,
     unknown: Vec<String>,
@@ -193,6 +201,7 @@ impl Serving {
         let draft = match self.model.item_index(item.as_str()) {
             Some(i) => Draft {
                 scored: self.model.similar(i, k, &|j| filter.ok(j)),
+                unbought: Vec::new(),
                 new: Vec::new(),
                 fallback: None,
                 unknown: Vec::new(),
@@ -210,6 +219,7 @@ impl Serving {
                 self.popular(&mut scored, k, cat, &|j| filter.ok(j));
                 Draft {
                     scored,
+                    unbought: Vec::new(),
                     new: Vec::new(),
                     fallback: Some(Fallback::ItemNotInModel),
                     unknown: Vec::new(),
@@ -246,6 +256,7 @@ impl Serving {
         let basket_ids: Vec<&str> = items.iter().map(|i| i.as_str()).collect();
         let draft = Draft {
             scored,
+            unbought: Vec::new(),
             new: Vec::new(),
             fallback,
             unknown,
@@ -299,6 +310,7 @@ impl Serving {
         };
         let draft = Draft {
             scored,
+            unbought: Vec::new(),
             new: Vec::new(),
             fallback,
             unknown: Vec::new(),
@@ -331,7 +343,8 @@ impl Serving {
         }
     }
 
-    /// Tops a short answer up with catalog items newer than the model, then renders it.
+    /// Tops a short answer up with items nothing ranks (never bought, or newer than the
+    /// model), so an answer is only short when fewer items pass the filters; then renders it.
     fn finish(
         &self,
         mut d: Draft,
@@ -339,9 +352,25 @@ impl Serving {
         filter: &Filter<'_>,
         not_these: &[&str],
     ) -> Recommendations {
-        if d.scored.len() + d.new.len() < o.k {
+        if d.scored.len() < o.k {
+            let pop = &self.model.popularity.score;
+            for j in 0..pop.len() as u32 {
+                if d.scored.len() + d.unbought.len() >= o.k {
+                    break;
+                }
+                if pop[j as usize] <= 0.0
+                    && filter.ok(j)
+                    && !not_these.contains(&self.model.items.id(j))
+                    && !d.scored.iter().any(|s| s.item == j)
+                {
+                    d.unbought.push(j);
+                }
+            }
+        }
+        let have = |d: &Draft| d.scored.len() + d.unbought.len() + d.new.len();
+        if have(&d) < o.k {
             for (p, n) in self.catalog.new_items.iter().enumerate() {
-                if d.scored.len() + d.new.len() >= o.k {
+                if have(&d) >= o.k {
                     break;
                 }
                 let excluded = o.exclude.iter().any(|e| e.as_str() == &*n.id)
@@ -353,6 +382,19 @@ impl Serving {
         }
         let mut items: Vec<RecommendedItem> =
             d.scored.iter().map(|s| self.render(s)).collect();
+        for &j in &d.unbought {
+            let category = self.category_of(j);
+            items.push(RecommendedItem {
+                item_id: self.id(j),
+                title: self.title(j).map(str::to_owned),
+                explanation: "in the catalog; nobody has bought it yet".into(),
+                reason: ReasonOut::NoPurchasesYet {
+                    category: category.clone(),
+                },
+                category,
+                score: 0.0,
+            });
+        }
         for &p in &d.new {
             let n = &self.catalog.new_items[p];
             let category = self.catalog.category_name(n.facts.category).map(str::to_owned);
@@ -395,12 +437,16 @@ impl Serving {
             .map_or_else(|| self.model.items.id(i).to_owned(), str::to_owned)
     }
 
-    fn render(&self, s: &Scored) -> RecommendedItem {
-        let facts = &self.catalog.items[s.item as usize];
-        let category = (facts.category != NO_CATEGORY)
+    fn category_of(&self, i: u32) -> Option<String> {
+        let facts = &self.catalog.items[i as usize];
+        (facts.category != NO_CATEGORY)
             .then(|| self.catalog.category_name(facts.category))
             .flatten()
-            .map(str::to_owned);
+            .map(str::to_owned)
+    }
+
+    fn render(&self, s: &Scored) -> RecommendedItem {
+        let category = self.category_of(s.item);
         let (reason, explanation) = match s.reason {
             Reason::AlsoBought {
                 anchor,

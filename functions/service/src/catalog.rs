@@ -205,7 +205,7 @@ impl CatalogView {
 mod tests {
     use super::*;
     use affinity_model::model::{TrainConfig, train};
-    use affinity_model::testdata;
+    use affinity_model::interactions::{Event, InteractionsBuilder, Weighting};
     use affinity_store::{Category, ItemId};
 
     fn item(id: &str, cat: &str, in_stock: bool) -> CatalogItem {
@@ -224,7 +224,22 @@ mod tests {
 
     #[test]
     fn view_aligns_with_model_and_tracks_new_items() {
-        let (data, cats) = testdata::shop(60, 3, 5, 1);
+        let mut b = InteractionsBuilder::new();
+        let mut cats = HashMap::new();
+        for c in 0..60usize {
+            for n in 0..4usize {
+                let (g, j) = (c % 3, (c + n) % 5);
+                cats.insert(format!("g{g}-{j}"), format!("cat{g}"));
+                b.push(Event {
+                    customer: &format!("c{c}"),
+                    item: &format!("g{g}-{j}"),
+                    quantity: 1.0,
+                    at: 1_700_000_000 + (c * 10 + n) as i64,
+                })
+                .unwrap();
+            }
+        }
+        let data = b.build(&Weighting::default()).unwrap();
         let mut config = TrainConfig::default();
         config.als.factors = 4;
         config.als.iterations = 2;

@@ -1,0 +1,9 @@
+//! The service's one integration-test binary: every route through the router, the Lambda
+//! event path, the model loader, the OpenAPI document, and the hostile-input table.
+
+mod fixture;
+mod hostile;
+mod lambda;
+mod loader;
+mod openapi;
+mod routes;
