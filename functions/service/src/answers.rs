@@ -207,7 +207,11 @@ impl Serving {
                 unknown: Vec::new(),
             },
             None => {
-                let Some(n) = self.catalog.new_items.iter().find(|n| &*n.id == item.as_str())
+                let Some(n) = self
+                    .catalog
+                    .new_items
+                    .iter()
+                    .find(|n| &*n.id == item.as_str())
                 else {
                     return Err(ApiError::not_found("item", item.as_str()));
                 };
@@ -244,7 +248,12 @@ impl Serving {
         let (scored, fallback) = if known.is_empty() {
             let cat = items
                 .iter()
-                .find_map(|id| self.catalog.new_items.iter().find(|n| &*n.id == id.as_str()))
+                .find_map(|id| {
+                    self.catalog
+                        .new_items
+                        .iter()
+                        .find(|n| &*n.id == id.as_str())
+                })
                 .and_then(|n| self.catalog.category_name(n.facts.category))
                 .and_then(|c| self.model.category_index(c));
             let mut scored = Vec::with_capacity(k);
@@ -373,15 +382,14 @@ impl Serving {
                 if have(&d) >= o.k {
                     break;
                 }
-                let excluded = o.exclude.iter().any(|e| e.as_str() == &*n.id)
-                    || not_these.contains(&&*n.id);
+                let excluded =
+                    o.exclude.iter().any(|e| e.as_str() == &*n.id) || not_these.contains(&&*n.id);
                 if filter.facts_ok(&n.facts) && !excluded {
                     d.new.push(p);
                 }
             }
         }
-        let mut items: Vec<RecommendedItem> =
-            d.scored.iter().map(|s| self.render(s)).collect();
+        let mut items: Vec<RecommendedItem> = d.scored.iter().map(|s| self.render(s)).collect();
         for &j in &d.unbought {
             let category = self.category_of(j);
             items.push(RecommendedItem {
@@ -397,7 +405,10 @@ impl Serving {
         }
         for &p in &d.new {
             let n = &self.catalog.new_items[p];
-            let category = self.catalog.category_name(n.facts.category).map(str::to_owned);
+            let category = self
+                .catalog
+                .category_name(n.facts.category)
+                .map(str::to_owned);
             items.push(RecommendedItem {
                 item_id: n.id.to_string(),
                 title: Some(n.facts.title.to_string()).filter(|t| !t.is_empty()),
@@ -468,7 +479,10 @@ impl Serving {
                     anchor_item: self.id(anchor),
                     similarity,
                 },
-                format!("bought by customers with tastes like {}", self.label(anchor)),
+                format!(
+                    "bought by customers with tastes like {}",
+                    self.label(anchor)
+                ),
             ),
             Reason::ForYou {
                 because_of,

@@ -158,16 +158,26 @@ mod tests {
         let k = generate_api_key(&t, [Scope::Recommend].into(), None, chrono::Utc::now()).unwrap();
         stores.records.create_key(&k.record).await.unwrap();
         let cache = KeyCache::new(Duration::ZERO);
-        let c = cache.verify(stores.records.as_ref(), &k.secret).await.unwrap();
+        let c = cache
+            .verify(stores.records.as_ref(), &k.secret)
+            .await
+            .unwrap();
         assert_eq!(c.tenant, t);
         assert!(c.require(Scope::Recommend).is_ok());
-        assert!(matches!(c.require(Scope::Ingest), Err(ApiError::MissingScope(_))));
+        assert!(matches!(
+            c.require(Scope::Ingest),
+            Err(ApiError::MissingScope(_))
+        ));
         let wrong = format!("{}x", k.secret);
         assert!(matches!(
             cache.verify(stores.records.as_ref(), &wrong).await,
             Err(ApiError::InvalidKey)
         ));
-        stores.records.revoke_key(&t, &k.record.key_id).await.unwrap();
+        stores
+            .records
+            .revoke_key(&t, &k.record.key_id)
+            .await
+            .unwrap();
         assert!(matches!(
             cache.verify(stores.records.as_ref(), &k.secret).await,
             Err(ApiError::InvalidKey)
@@ -181,9 +191,21 @@ mod tests {
         let k = generate_api_key(&t, [Scope::Recommend].into(), None, chrono::Utc::now()).unwrap();
         stores.records.create_key(&k.record).await.unwrap();
         let cache = KeyCache::new(Duration::from_secs(3600));
-        cache.verify(stores.records.as_ref(), &k.secret).await.unwrap();
-        stores.records.revoke_key(&t, &k.record.key_id).await.unwrap();
+        cache
+            .verify(stores.records.as_ref(), &k.secret)
+            .await
+            .unwrap();
+        stores
+            .records
+            .revoke_key(&t, &k.record.key_id)
+            .await
+            .unwrap();
         // Within the TTL the cached verification stands (documented revocation delay).
-        assert!(cache.verify(stores.records.as_ref(), &k.secret).await.is_ok());
+        assert!(
+            cache
+                .verify(stores.records.as_ref(), &k.secret)
+                .await
+                .is_ok()
+        );
     }
 }

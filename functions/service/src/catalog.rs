@@ -204,8 +204,8 @@ impl CatalogView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use affinity_model::model::{TrainConfig, train};
     use affinity_model::interactions::{Event, InteractionsBuilder, Weighting};
+    use affinity_model::model::{TrainConfig, train};
     use affinity_store::{Category, ItemId};
 
     fn item(id: &str, cat: &str, in_stock: bool) -> CatalogItem {
@@ -245,7 +245,10 @@ mod tests {
         config.als.iterations = 2;
         config.neighbours = 3;
         let model = train(&data, &cats, &config, "t", 0, &|_| {}).unwrap();
-        let view = CatalogView::build(&model, &[item("g0-1", "cat0", false), item("new-1", "fresh", true)]);
+        let view = CatalogView::build(
+            &model,
+            &[item("g0-1", "cat0", false), item("new-1", "fresh", true)],
+        );
         assert!(view.has_catalog);
         let i = model.item_index("g0-1").unwrap() as usize;
         assert!(view.items[i].listed && !view.items[i].in_stock);
@@ -257,7 +260,10 @@ mod tests {
         let j = model.item_index("g1-1").unwrap() as usize;
         assert!(!view.stock_ok(&view.items[j], true));
         // A write flips stock and can add a category.
-        let v2 = view.with_items(&model, &[item("g0-1", "cat0", true), item("new-2", "other", true)]);
+        let v2 = view.with_items(
+            &model,
+            &[item("g0-1", "cat0", true), item("new-2", "other", true)],
+        );
         assert!(v2.items[i].in_stock);
         assert_eq!(v2.new_items.len(), 2);
         assert!(v2.category_index("other").is_some());

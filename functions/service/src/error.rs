@@ -226,7 +226,9 @@ impl ApiError {
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -246,10 +248,7 @@ impl ApiError {
 
     /// Builds a `NotFound` error, truncating the id so a hostile one cannot flood answers.
     pub fn not_found(what: &'static str, id: &str) -> Self {
-        ApiError::NotFound {
-            what,
-            id: clip(id),
-        }
+        ApiError::NotFound { what, id: clip(id) }
     }
 }
 

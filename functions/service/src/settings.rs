@@ -135,7 +135,10 @@ impl Settings {
         };
         let log_hash_key = match get("AFFINITY_LOG_HASH_KEY").filter(|k| !k.is_empty()) {
             Some(k) => Some(hex::decode(&k).map_err(|_| {
-                Error::setting("AFFINITY_LOG_HASH_KEY", "must be hex (e.g. 32 random bytes)")
+                Error::setting(
+                    "AFFINITY_LOG_HASH_KEY",
+                    "must be hex (e.g. 32 random bytes)",
+                )
             })?),
             None => None,
         };
@@ -235,10 +238,7 @@ mod tests {
             let err = Settings::from_lookup(lookup(&[(k, v)]))
                 .unwrap_err()
                 .to_string();
-            assert!(
-                err.contains(k) || k == "AFFINITY_BACKEND",
-                "{k}: {err}"
-            );
+            assert!(err.contains(k) || k == "AFFINITY_BACKEND", "{k}: {err}");
         }
     }
 }

@@ -38,12 +38,13 @@ impl AppState {
 
     /// Opens the configured backend and builds the state.
     pub async fn open(settings: &Settings) -> crate::Result<Self> {
-        let stores = Stores::open(&settings.backend)
-            .await
-            .map_err(|source| crate::Error::Store {
-                step: "open stores",
-                source,
-            })?;
+        let stores =
+            Stores::open(&settings.backend)
+                .await
+                .map_err(|source| crate::Error::Store {
+                    step: "open stores",
+                    source,
+                })?;
         Ok(Self::new(stores, settings))
     }
 }

@@ -18,7 +18,8 @@ use crate::settings::{LogFormat, Settings};
 
 /// Installs the global subscriber; a second call (tests, embedding) is a no-op.
 pub fn init(settings: &Settings) {
-    let filter = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match settings.log_format {
         LogFormat::Json => builder

@@ -110,5 +110,8 @@ async fn live_model(
         metrics,
         params: serde_json::to_value(&m.config).unwrap_or_default(),
     };
-    Ok((Extension(ModelVersionTag(info.model_version.clone())), Json(info)))
+    Ok((
+        Extension(ModelVersionTag(info.model_version.clone())),
+        Json(info),
+    ))
 }

@@ -65,12 +65,21 @@ pub async fn train_and_publish(stores: &Stores, tenant: &TenantId, version: &str
     )
     .await
     .unwrap();
-    training::publish(stores, tenant, &model, serde_json::json!({"recall_at_10": 0.25}))
-        .await
-        .unwrap();
+    training::publish(
+        stores,
+        tenant,
+        &model,
+        serde_json::json!({"recall_at_10": 0.25}),
+    )
+    .await
+    .unwrap();
 }
 
-async fn key(stores: &Stores, tenant: &TenantId, scopes: &[Scope]) -> (String, affinity_store::KeyId) {
+async fn key(
+    stores: &Stores,
+    tenant: &TenantId,
+    scopes: &[Scope],
+) -> (String, affinity_store::KeyId) {
     let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
     let k = generate_api_key(tenant, scopes, Some("test".into()), Utc::now()).unwrap();
     stores.records.create_key(&k.record).await.unwrap();
@@ -90,12 +99,21 @@ impl App {
             .await
             .unwrap();
         train_and_publish(&stores, &tenant, "v1").await;
-        let all = [Scope::Recommend, Scope::Offers, Scope::Ingest, Scope::ModelsAdmin];
+        let all = [
+            Scope::Recommend,
+            Scope::Offers,
+            Scope::Ingest,
+            Scope::ModelsAdmin,
+        ];
         let (all_key, _) = key(&stores, &tenant, &all).await;
         let (recommend, _) = key(&stores, &tenant, &[Scope::Recommend]).await;
         let (ingest, _) = key(&stores, &tenant, &[Scope::Ingest]).await;
         let (revoked, revoked_id) = key(&stores, &tenant, &all).await;
-        stores.records.revoke_key(&tenant, &revoked_id).await.unwrap();
+        stores
+            .records
+            .revoke_key(&tenant, &revoked_id)
+            .await
+            .unwrap();
         let other = TenantId::parse("other-shop").unwrap();
         let (other_tenant, _) = key(&stores, &other, &all).await;
         let state = AppState::new(stores.clone(), &settings);
@@ -175,7 +193,9 @@ pub fn error_code(status: StatusCode, body: &Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("{status}: no error.code in {body}"));
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "{status}: no error.message in {body}"
     );
     code.to_owned()
@@ -194,10 +214,16 @@ pub fn ids(body: &Value) -> Vec<String> {
 /// Checks what every recommendation answer must carry.
 pub fn assert_answer_shape(body: &Value) {
     assert!(
-        body["recommendation_id"].as_str().is_some_and(|r| r.starts_with("rec_")),
+        body["recommendation_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("rec_")),
         "{body}"
     );
-    assert!(body["model_version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(
+        body["model_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
     assert!(
         body["as_of"]
             .as_str()

@@ -79,13 +79,22 @@ async fn api_gateway_v2_events_reach_the_router() {
     let item = app.shop.example_item.clone();
     let res = invoke(
         &app,
-        &event("GET", &format!("/v1/items/{item}/similar"), "k=3", &app.keys.all, None),
+        &event(
+            "GET",
+            &format!("/v1/items/{item}/similar"),
+            "k=3",
+            &app.keys.all,
+            None,
+        ),
     )
     .await;
     assert_eq!(res["statusCode"], 200, "{res}");
     assert_eq!(res["headers"]["content-type"], "application/json");
     // Lambda's request id is the request id of the logs and the answer header.
-    assert_eq!(res["headers"]["x-request-id"], "8476a536-e9f4-11e8-9739-2dfe598c3fcd");
+    assert_eq!(
+        res["headers"]["x-request-id"],
+        "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
+    );
     let b = body(&res);
     assert_eq!(b["items"].as_array().unwrap().len(), 3);
     assert_eq!(b["model_version"], "v1");
@@ -93,7 +102,13 @@ async fn api_gateway_v2_events_reach_the_router() {
     let basket = json!({"items": app.shop.example_basket, "k": 2}).to_string();
     let res = invoke(
         &app,
-        &event("POST", "/v1/baskets/similar", "", &app.keys.all, Some(&basket)),
+        &event(
+            "POST",
+            "/v1/baskets/similar",
+            "",
+            &app.keys.all,
+            Some(&basket),
+        ),
     )
     .await;
     assert_eq!(res["statusCode"], 200, "{res}");
@@ -103,7 +118,11 @@ async fn api_gateway_v2_events_reach_the_router() {
 #[tokio::test]
 async fn lambda_errors_are_json_too() {
     let app = App::new().await;
-    let res = invoke(&app, &event("GET", "/v1/items/x/similar", "k=0", &app.keys.all, None)).await;
+    let res = invoke(
+        &app,
+        &event("GET", "/v1/items/x/similar", "k=0", &app.keys.all, None),
+    )
+    .await;
     assert_eq!(res["statusCode"], 400);
     assert_eq!(body(&res)["error"]["code"], "invalid_query");
     let res = invoke(&app, &event("GET", "/v1/models/live", "", "wrong", None)).await;
@@ -111,7 +130,13 @@ async fn lambda_errors_are_json_too() {
     assert_eq!(body(&res)["error"]["code"], "invalid_key");
     let res = invoke(
         &app,
-        &event("POST", "/v1/purchases", "", &app.keys.all, Some("{\"purchases\":")),
+        &event(
+            "POST",
+            "/v1/purchases",
+            "",
+            &app.keys.all,
+            Some("{\"purchases\":"),
+        ),
     )
     .await;
     assert_eq!(res["statusCode"], 400);

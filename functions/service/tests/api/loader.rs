@@ -21,7 +21,13 @@ async fn shop() -> (Stores, TenantId) {
 }
 
 /// Registers `bytes` as a version and points the live pointer at it.
-async fn publish_raw(stores: &Stores, tenant: &TenantId, version: &str, bytes: Vec<u8>, checksum: String) {
+async fn publish_raw(
+    stores: &Stores,
+    tenant: &TenantId,
+    version: &str,
+    bytes: Vec<u8>,
+    checksum: String,
+) {
     let key = BlobKey::parse(format!("models/{version}.afm")).unwrap();
     stores.blobs.put(tenant, &key, bytes).await.unwrap();
     let v = ModelVersion {
@@ -36,7 +42,12 @@ async fn publish_raw(stores: &Stores, tenant: &TenantId, version: &str, bytes: V
         reason: None,
     };
     stores.records.register_model(tenant, &v).await.unwrap();
-    let live = stores.records.live_pointer(tenant).await.unwrap().map(|p| p.version);
+    let live = stores
+        .records
+        .live_pointer(tenant)
+        .await
+        .unwrap()
+        .map(|p| p.version);
     stores
         .records
         .swap_live_pointer(tenant, live.as_ref(), &v.version)
@@ -48,7 +59,10 @@ async fn publish_raw(stores: &Stores, tenant: &TenantId, version: &str, bytes: V
 async fn no_pointer_means_no_model() {
     let (stores, tenant) = shop().await;
     let cache = ModelCache::new(stores, Duration::ZERO);
-    assert!(matches!(cache.get(&tenant).await, Err(Error::NoModel { .. })));
+    assert!(matches!(
+        cache.get(&tenant).await,
+        Err(Error::NoModel { .. })
+    ));
 }
 
 #[tokio::test]
@@ -71,14 +85,23 @@ async fn the_pointer_is_not_rechecked_before_the_interval() {
     let (stores, tenant) = shop().await;
     train_and_publish(&stores, &tenant, "v1").await;
     let cache = ModelCache::new(stores.clone(), Duration::from_secs(3600));
-    assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v1");
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
     train_and_publish(&stores, &tenant, "v2").await;
     for _ in 0..3 {
-        assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v1");
+        assert_eq!(
+            cache.get(&tenant).await.unwrap().version.version.as_str(),
+            "v1"
+        );
     }
     // A fresh instance (cold start) sees the new pointer at once.
     let cold = ModelCache::new(stores, Duration::from_secs(3600));
-    assert_eq!(cold.get(&tenant).await.unwrap().version.version.as_str(), "v2");
+    assert_eq!(
+        cold.get(&tenant).await.unwrap().version.version.as_str(),
+        "v2"
+    );
 }
 
 #[tokio::test]
@@ -86,21 +109,37 @@ async fn failed_loads_keep_the_current_model() {
     let (stores, tenant) = shop().await;
     train_and_publish(&stores, &tenant, "v1").await;
     let cache = ModelCache::new(stores.clone(), Duration::ZERO);
-    assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v1");
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
     let good = cache.current(&tenant).unwrap().model.to_bytes().unwrap();
 
     // Bytes that do not match the registry's checksum (corrupted in the blob store).
     let mut flipped = good.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 0xff;
-    publish_raw(&stores, &tenant, "v-corrupt", flipped, affinity_model::artifact::digest(&good)).await;
-    assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v1");
+    publish_raw(
+        &stores,
+        &tenant,
+        "v-corrupt",
+        flipped,
+        affinity_model::artifact::digest(&good),
+    )
+    .await;
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
 
     // Checksum right, content not an artifact: the artifact loader refuses it.
     let junk = b"not a model".to_vec();
     let sum = affinity_model::artifact::digest(&junk);
     publish_raw(&stores, &tenant, "v-junk", junk, sum).await;
-    assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v1");
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
 
     // The blob is missing altogether.
     publish_raw(&stores, &tenant, "v-missing", Vec::new(), "00".repeat(32)).await;
@@ -109,17 +148,30 @@ async fn failed_loads_keep_the_current_model() {
         .delete(&tenant, &BlobKey::parse("models/v-missing.afm").unwrap())
         .await
         .unwrap();
-    assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v1");
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
 
     // A good version afterwards is picked up.
     train_and_publish(&stores, &tenant, "v3").await;
-    assert_eq!(cache.get(&tenant).await.unwrap().version.version.as_str(), "v3");
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v3"
+    );
 }
 
 #[tokio::test]
 async fn a_cold_start_refuses_a_corrupt_artifact() {
     let (stores, tenant) = shop().await;
-    publish_raw(&stores, &tenant, "v-bad", b"garbage".to_vec(), "ab".repeat(32)).await;
+    publish_raw(
+        &stores,
+        &tenant,
+        "v-bad",
+        b"garbage".to_vec(),
+        "ab".repeat(32),
+    )
+    .await;
     let cache = ModelCache::new(stores, Duration::ZERO);
     let err = cache.get(&tenant).await.unwrap_err().to_string();
     assert!(err.contains("checksum"), "{err}");

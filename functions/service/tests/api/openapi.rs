@@ -61,7 +61,10 @@ async fn served_document_equals_the_committed_one() {
     assert_eq!(s, StatusCode::OK);
     let committed: Value =
         serde_json::from_str(&std::fs::read_to_string(committed_path()).unwrap()).unwrap();
-    assert!(served == committed, "the served document differs from docs/openapi.json");
+    assert!(
+        served == committed,
+        "the served document differs from docs/openapi.json"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +115,10 @@ fn every_route_of_the_router_is_documented() {
             routed.insert(piece.to_owned());
         }
     }
-    assert!(!routed.is_empty(), "no routes found in the router description");
+    assert!(
+        !routed.is_empty(),
+        "no routes found in the router description"
+    );
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(committed_path()).unwrap()).unwrap();
     let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();

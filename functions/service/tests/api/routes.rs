@@ -55,8 +55,14 @@ async fn similar_items_answer_with_reasons_and_respect_filters() {
     // In stock is the default: nothing out of stock even when asking for everything.
     let (_, b) = app.get(&format!("/v1/items/{item}/similar?k=100")).await;
     let in_stock_ids = ids(&b);
-    assert!(in_stock_ids.iter().all(|i| catalog[i].0), "{in_stock_ids:?}");
-    let eligible = catalog.iter().filter(|(id, (s, _))| *s && **id != item).count();
+    assert!(
+        in_stock_ids.iter().all(|i| catalog[i].0),
+        "{in_stock_ids:?}"
+    );
+    let eligible = catalog
+        .iter()
+        .filter(|(id, (s, _))| *s && **id != item)
+        .count();
     assert_eq!(in_stock_ids.len(), eligible.min(100));
     // Turned off, out-of-stock items may come back.
     let (_, b) = app
@@ -87,19 +93,79 @@ async fn similar_items_client_errors() {
     let item = app.shop.example_item.clone();
     let url = format!("/v1/items/{item}/similar");
     let cases: Vec<(String, Option<&str>, StatusCode, &str)> = vec![
-        ("/v1/items/nope/similar".into(), Some(&app.keys.all), StatusCode::NOT_FOUND, "not_found"),
-        (format!("{url}?category=Nope"), Some(&app.keys.all), StatusCode::NOT_FOUND, "not_found"),
-        (format!("{url}?k=0"), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_query"),
-        (format!("{url}?k=101"), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_query"),
-        (format!("{url}?colour=red"), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_query"),
-        (format!("{url}?in_stock=maybe"), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_query"),
-        (format!("/v1/items/{}/similar", "x".repeat(200)), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_field"),
+        (
+            "/v1/items/nope/similar".into(),
+            Some(&app.keys.all),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("{url}?category=Nope"),
+            Some(&app.keys.all),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("{url}?k=0"),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{url}?k=101"),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{url}?colour=red"),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{url}?in_stock=maybe"),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("/v1/items/{}/similar", "x".repeat(200)),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
         (url.clone(), None, StatusCode::UNAUTHORIZED, "missing_key"),
-        (url.clone(), Some("aff_nope_nope"), StatusCode::UNAUTHORIZED, "invalid_key"),
-        (url.clone(), Some(&app.keys.revoked), StatusCode::UNAUTHORIZED, "invalid_key"),
-        (url.clone(), Some(&app.keys.ingest), StatusCode::FORBIDDEN, "insufficient_scope"),
-        (url.clone(), Some(&app.keys.other_tenant), StatusCode::SERVICE_UNAVAILABLE, "no_model"),
-        ("/v1/nothing-here".into(), Some(&app.keys.all), StatusCode::NOT_FOUND, "route_not_found"),
+        (
+            url.clone(),
+            Some("aff_nope_nope"),
+            StatusCode::UNAUTHORIZED,
+            "invalid_key",
+        ),
+        (
+            url.clone(),
+            Some(&app.keys.revoked),
+            StatusCode::UNAUTHORIZED,
+            "invalid_key",
+        ),
+        (
+            url.clone(),
+            Some(&app.keys.ingest),
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+        ),
+        (
+            url.clone(),
+            Some(&app.keys.other_tenant),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_model",
+        ),
+        (
+            "/v1/nothing-here".into(),
+            Some(&app.keys.all),
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+        ),
     ];
     for (uri, key, status, code) in cases {
         let (s, b) = app.call("GET", &uri, key, None).await;
@@ -107,20 +173,29 @@ async fn similar_items_client_errors() {
         assert_eq!(error_code(s, &b), code, "{uri}");
     }
     let (s, b) = app.call("DELETE", &url, Some(&app.keys.all), None).await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
     let req = Request::get(&url)
         .header("authorization", format!("Bearer {}", app.keys.all))
         .header("x-affinity-tenant", "other-shop")
         .body(Body::empty())
         .unwrap();
     let (s, b) = app.send(req).await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::FORBIDDEN, "wrong_tenant"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::FORBIDDEN, "wrong_tenant")
+    );
     let req = Request::get(&url)
         .header("authorization", format!("Basic {}", app.keys.all))
         .body(Body::empty())
         .unwrap();
     let (s, b) = app.send(req).await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::UNAUTHORIZED, "invalid_key"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_key")
+    );
 }
 
 #[tokio::test]
@@ -160,20 +235,65 @@ async fn basket_client_errors() {
     let many: Vec<String> = (0..51).map(|i| format!("sku-{i}")).collect();
     let exclude: Vec<String> = (0..101).map(|i| format!("x{i}")).collect();
     let cases: Vec<(String, StatusCode, &str)> = vec![
-        (json!({"items": []}).to_string(), StatusCode::BAD_REQUEST, "empty_batch"),
-        (json!({"items": many}).to_string(), StatusCode::BAD_REQUEST, "batch_too_large"),
-        (json!({"items": ["a"], "exclude": exclude}).to_string(), StatusCode::BAD_REQUEST, "batch_too_large"),
-        (json!({"items": ["a"], "colour": "red"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({"items": ["a"], "k": "3"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({"items": ["a"], "k": 0}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({"items": [""]}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        ("{\"items\": [".into(), StatusCode::BAD_REQUEST, "malformed_json"),
-        (json!({"items": ["a"], "category": "Nope"}).to_string(), StatusCode::NOT_FOUND, "not_found"),
+        (
+            json!({"items": []}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+        ),
+        (
+            json!({"items": many}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "batch_too_large",
+        ),
+        (
+            json!({"items": ["a"], "exclude": exclude}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "batch_too_large",
+        ),
+        (
+            json!({"items": ["a"], "colour": "red"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"items": ["a"], "k": "3"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"items": ["a"], "k": 0}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"items": [""]}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "{\"items\": [".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            json!({"items": ["a"], "category": "Nope"}).to_string(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
     ];
     for (body, status, code) in cases {
         let (s, b) = app
-            .call("POST", "/v1/baskets/similar", Some(&app.keys.all), Some(&body))
+            .call(
+                "POST",
+                "/v1/baskets/similar",
+                Some(&app.keys.all),
+                Some(&body),
+            )
             .await;
         assert_eq!(s, status, "{body}: {b}");
         assert_eq!(error_code(s, &b), code, "{body}");
@@ -183,20 +303,47 @@ async fn basket_client_errors() {
         .body(Body::from(r#"{"items":["a"]}"#))
         .unwrap();
     let (s, b) = app.send(req).await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
     let huge = format!(r#"{{"items":["{}"]}}"#, "a".repeat(2 << 20));
     let (s, b) = app
-        .call("POST", "/v1/baskets/similar", Some(&app.keys.all), Some(&huge))
+        .call(
+            "POST",
+            "/v1/baskets/similar",
+            Some(&app.keys.all),
+            Some(&huge),
+        )
         .await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
     let (s, b) = app
-        .call("POST", "/v1/baskets/similar", Some(&app.keys.ingest), Some(r#"{"items":["a"]}"#))
+        .call(
+            "POST",
+            "/v1/baskets/similar",
+            Some(&app.keys.ingest),
+            Some(r#"{"items":["a"]}"#),
+        )
         .await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::FORBIDDEN, "insufficient_scope"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::FORBIDDEN, "insufficient_scope")
+    );
     let (s, b) = app
-        .call("POST", "/v1/baskets/similar", None, Some(r#"{"items":["a"]}"#))
+        .call(
+            "POST",
+            "/v1/baskets/similar",
+            None,
+            Some(r#"{"items":["a"]}"#),
+        )
         .await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::UNAUTHORIZED, "missing_key"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::UNAUTHORIZED, "missing_key")
+    );
 }
 
 #[tokio::test]
@@ -210,7 +357,10 @@ async fn customer_recommendations_fold_in_the_current_history() {
         .customer_history(&app.tenant, &cid, 500)
         .await
         .unwrap();
-    let bought: Vec<String> = history.iter().map(|p| p.item_id.as_str().to_owned()).collect();
+    let bought: Vec<String> = history
+        .iter()
+        .map(|p| p.item_id.as_str().to_owned())
+        .collect();
     assert!(!bought.is_empty());
     let (s, b) = app
         .get(&format!("/v1/customers/{customer}/recommendations?k=8"))
@@ -221,7 +371,10 @@ async fn customer_recommendations_fold_in_the_current_history() {
     assert!(b.get("fallback").is_none());
     let got = ids(&b);
     assert_eq!(got.len(), 8);
-    assert!(got.iter().all(|i| !bought.contains(i)), "already bought came back");
+    assert!(
+        got.iter().all(|i| !bought.contains(i)),
+        "already bought came back"
+    );
     assert_eq!(b["items"][0]["reason"]["kind"], "for_you");
     // Asked for, bought items may come back.
     let (_, b) = app
@@ -280,12 +433,42 @@ async fn customer_recommendations_client_errors() {
     let app = App::new().await;
     let long = "c".repeat(10_000);
     let cases: Vec<(String, Option<&str>, StatusCode, &str)> = vec![
-        (format!("/v1/customers/{long}/recommendations"), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_field"),
-        ("/v1/customers/c1/recommendations?k=-3".into(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_query"),
-        ("/v1/customers/c1/recommendations?include_purchased=2".into(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "invalid_query"),
-        ("/v1/customers/c1/recommendations?category=Nope".into(), Some(&app.keys.all), StatusCode::NOT_FOUND, "not_found"),
-        ("/v1/customers/c1/recommendations".into(), Some(&app.keys.ingest), StatusCode::FORBIDDEN, "insufficient_scope"),
-        ("/v1/customers/c1/recommendations".into(), None, StatusCode::UNAUTHORIZED, "missing_key"),
+        (
+            format!("/v1/customers/{long}/recommendations"),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "/v1/customers/c1/recommendations?k=-3".into(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/customers/c1/recommendations?include_purchased=2".into(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/customers/c1/recommendations?category=Nope".into(),
+            Some(&app.keys.all),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/customers/c1/recommendations".into(),
+            Some(&app.keys.ingest),
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+        ),
+        (
+            "/v1/customers/c1/recommendations".into(),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "missing_key",
+        ),
     ];
     for (uri, key, status, code) in cases {
         let (s, b) = app.call("GET", &uri, key, None).await;
@@ -305,7 +488,10 @@ async fn purchases_are_ingested_with_per_row_results() {
     ]});
     let (s, b) = app.post("/v1/purchases", &rows).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!((b["written"].as_u64(), b["invalid"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (b["written"].as_u64(), b["invalid"].as_u64()),
+        (Some(2), Some(2))
+    );
     let results = b["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
     assert_eq!(results[0]["result"], "inserted");
@@ -330,25 +516,96 @@ async fn ingestion_client_errors() {
     let row = json!({"order_id": "o", "customer_id": "c", "item_id": "i", "purchased_at": "2026-05-01T12:00:00Z"});
     let too_many = json!({"purchases": vec![row.clone(); 501]});
     let cases: Vec<(&str, String, Option<&str>, StatusCode, &str)> = vec![
-        ("/v1/purchases", json!({"purchases": []}).to_string(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "empty_batch"),
-        ("/v1/purchases", too_many.to_string(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "batch_too_large"),
-        ("/v1/purchases", json!({"purchases": "all"}).to_string(), Some(&app.keys.all), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        ("/v1/purchases", json!({"rows": [row]}).to_string(), Some(&app.keys.all), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        ("/v1/purchases", "{\"purchases\": [".into(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "malformed_json"),
-        ("/v1/purchases", json!({"purchases": [row]}).to_string(), Some(&app.keys.recommend), StatusCode::FORBIDDEN, "insufficient_scope"),
-        ("/v1/purchases", json!({"purchases": [row]}).to_string(), None, StatusCode::UNAUTHORIZED, "missing_key"),
-        ("/v1/items", json!({"items": []}).to_string(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "empty_batch"),
-        ("/v1/items", json!({"items": [{"item_id": "x"}], "extra": 1}).to_string(), Some(&app.keys.all), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        ("/v1/items", json!({"items": [{"item_id": "x"}]}).to_string(), Some(&app.keys.recommend), StatusCode::FORBIDDEN, "insufficient_scope"),
-        ("/v1/items", "{".into(), Some(&app.keys.all), StatusCode::BAD_REQUEST, "malformed_json"),
+        (
+            "/v1/purchases",
+            json!({"purchases": []}).to_string(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+        ),
+        (
+            "/v1/purchases",
+            too_many.to_string(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "batch_too_large",
+        ),
+        (
+            "/v1/purchases",
+            json!({"purchases": "all"}).to_string(),
+            Some(&app.keys.all),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/v1/purchases",
+            json!({"rows": [row]}).to_string(),
+            Some(&app.keys.all),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/v1/purchases",
+            "{\"purchases\": [".into(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "/v1/purchases",
+            json!({"purchases": [row]}).to_string(),
+            Some(&app.keys.recommend),
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+        ),
+        (
+            "/v1/purchases",
+            json!({"purchases": [row]}).to_string(),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "missing_key",
+        ),
+        (
+            "/v1/items",
+            json!({"items": []}).to_string(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+        ),
+        (
+            "/v1/items",
+            json!({"items": [{"item_id": "x"}], "extra": 1}).to_string(),
+            Some(&app.keys.all),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/v1/items",
+            json!({"items": [{"item_id": "x"}]}).to_string(),
+            Some(&app.keys.recommend),
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+        ),
+        (
+            "/v1/items",
+            "{".into(),
+            Some(&app.keys.all),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
     ];
     for (uri, body, key, status, code) in cases {
         let (s, b) = app.call("POST", uri, key, Some(&body)).await;
         assert_eq!(s, status, "{uri} {body:.80}: {b}");
         assert_eq!(error_code(s, &b), code, "{uri} {body:.80}");
     }
-    let (s, b) = app.call("GET", "/v1/purchases", Some(&app.keys.all), None).await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let (s, b) = app
+        .call("GET", "/v1/purchases", Some(&app.keys.all), None)
+        .await;
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 }
 
 #[tokio::test]
@@ -384,7 +641,9 @@ async fn catalog_upserts_change_answers_at_once() {
     assert_eq!(r["written"], 1);
     assert_eq!(r["results"][1]["result"], "invalid");
     let (s, b) = app
-        .get(&format!("/v1/items/{item}/similar?k=5&category=Gift%20cards"))
+        .get(&format!(
+            "/v1/items/{item}/similar?k=5&category=Gift%20cards"
+        ))
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(ids(&b), vec!["gift-25".to_owned()]);
@@ -412,16 +671,28 @@ async fn live_model_info() {
     assert!(b["checksum"].as_str().unwrap().len() == 64);
     assert!(b["data_watermark"].is_string() && b["trained_at"].is_string());
     let (s, b) = app.call("GET", "/v1/models/live", None, None).await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::UNAUTHORIZED, "missing_key"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::UNAUTHORIZED, "missing_key")
+    );
     let (s, b) = app
         .call("GET", "/v1/models/live", Some(&app.keys.other_tenant), None)
         .await;
-    assert_eq!((s, error_code(s, &b).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "no_model"));
+    assert_eq!(
+        (s, error_code(s, &b).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_model")
+    );
     // Once the other tenant trains, its own key sees its own model.
     let other = affinity_store::TenantId::parse("other-shop").unwrap();
-    affinity_service::demo::populate(app.stores.records.as_ref(), &other, 100, 3, crate::fixture::now())
-        .await
-        .unwrap();
+    affinity_service::demo::populate(
+        app.stores.records.as_ref(),
+        &other,
+        100,
+        3,
+        crate::fixture::now(),
+    )
+    .await
+    .unwrap();
     train_and_publish(&app.stores, &other, "other-v1").await;
     let (s, b) = app
         .call("GET", "/v1/models/live", Some(&app.keys.other_tenant), None)
