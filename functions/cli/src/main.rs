@@ -1,6 +1,9 @@
-//! `affinity`: try the engine on a demo shop, import your own CSVs, train a model.
+//! `affinity`: try the engine on a demo shop, import your own CSVs, train a model, serve
+//! the HTTP API, manage API keys.
 
 mod eval;
+mod keys;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +11,7 @@ use std::time::Duration;
 use affinity_model::model::{Model, Stage, TrainConfig};
 use affinity_service::{demo, training};
 use affinity_store::import::{self, ImportOptions};
-use affinity_store::{Backend, BlobKey, Stores, TenantId};
+use affinity_store::{Backend, Stores, TenantId};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,12 +68,46 @@ enum Cmd {
     },
     /// Train on your own train CSV and score your test CSV (full ranking, as `bench/quality`).
     Eval(eval::EvalArgs),
-    /// Train a model on the tenant's purchases and store the artifact.
+    /// Train a model on the tenant's purchases, store the artifact and make it live.
     Train {
         /// Also write the artifact to this path.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Serve the HTTP API on this machine.
+    Serve {
+        /// Address to listen on (default AFFINITY_ADDR or 127.0.0.1:8080).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// First fill the store with the demo shop, train on it and print a development key.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Create, revoke or list API keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key; its secret is printed once.
+    Create {
+        /// Comma-separated scopes: recommend, offers, ingest, models-admin.
+        #[arg(long, required = true, num_args = 1..)]
+        scopes: Vec<String>,
+        /// A label to tell keys apart.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key id (the part after `aff_` in the secret).
+        key_id: String,
+    },
+    /// List the tenant's keys.
+    List,
 }
 
 #[tokio::main]
@@ -136,6 +173,14 @@ async fn run(cli: Cli) -> Result<()> {
             let key = save(&stores, &tenant, &model, out).await?;
             report(&model, &key, cli.json)?;
         }
+        Cmd::Serve { addr, demo } => serve::run(stores, &tenant, addr, demo).await?,
+        Cmd::Keys { cmd } => match cmd {
+            KeysCmd::Create { scopes, label } => {
+                keys::create(&stores, &tenant, &scopes, label, cli.json).await?
+            }
+            KeysCmd::Revoke { key_id } => keys::revoke(&stores, &tenant, &key_id, cli.json).await?,
+            KeysCmd::List => keys::list(&stores, &tenant, cli.json).await?,
+        },
         Cmd::Demo { customers, seed } => {
             let spin = bar(None, "");
             spin.set_message("writing the demo shop");
@@ -162,7 +207,8 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn bar(len: Option<u64>, unit: &str) -> ProgressBar {
+/// A progress bar (with a length) or a spinner.
+pub(crate) fn bar(len: Option<u64>, unit: &str) -> ProgressBar {
     let b = match len {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
@@ -178,11 +224,12 @@ fn bar(len: Option<u64>, unit: &str) -> ProgressBar {
     b
 }
 
-async fn train(stores: &Stores, tenant: &TenantId) -> Result<Model> {
+/// Trains on the tenant's purchases with a progress bar.
+pub(crate) async fn train(stores: &Stores, tenant: &TenantId) -> Result<Model> {
     let config = TrainConfig::default();
     let bar = bar(Some(config.als.iterations as u64), "iterations");
     bar.set_message("training");
-    let version = format!("v{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
+    let version = format!("v{}", chrono::Utc::now().format("%Y%m%d-%H%M%S-%3f"));
     let model =
         training::train_tenant(
             stores.records.as_ref(),
@@ -200,23 +247,20 @@ async fn train(stores: &Stores, tenant: &TenantId) -> Result<Model> {
     Ok(model)
 }
 
+/// Stores the artifact, registers the version and makes it live (no gate yet).
 async fn save(
     stores: &Stores,
     tenant: &TenantId,
     model: &Model,
     out: Option<PathBuf>,
 ) -> Result<String> {
-    let bytes = model.to_bytes()?;
-    let digest = affinity_model::artifact::digest(&bytes);
-    let key = format!("models/{}.afm", &digest[..32]);
     if let Some(path) = out {
-        std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+        model
+            .save(&path)
+            .with_context(|| format!("write {}", path.display()))?;
     }
-    stores
-        .blobs
-        .put(tenant, &BlobKey::parse(key.as_str())?, bytes)
-        .await?;
-    Ok(key)
+    let version = training::publish(stores, tenant, model, serde_json::json!({})).await?;
+    Ok(version.artifact_key.as_str().to_owned())
 }
 
 fn report(model: &Model, key: &str, json: bool) -> Result<()> {

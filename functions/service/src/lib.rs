@@ -1,13 +1,31 @@
-//! Affinity's application layer: it joins the store and the model.
+//! Affinity's application layer: it joins the store and the model behind one HTTP router.
 //!
-//! Main pieces: [`training`] reads a tenant's purchases and catalog from any
-//! [`affinity_store::RecordStore`] and trains an [`affinity_model::model::Model`];
-//! [`demo`] fills a store with a seeded, realistic demo shop. The HTTP router, settings
-//! and the retrain pipeline build on these.
+//! Main pieces: [`settings::Settings`] (read from the environment), [`telemetry`] (JSON or
+//! pretty logs, customer ids as keyed hashes), [`state::AppState`] (stores, live models,
+//! verified keys), [`routes::router`] (every `/v1` route, one module per group, with its
+//! OpenAPI description), [`error::ApiError`] (the one status mapping), [`loader::ModelCache`]
+//! (per-tenant live model in an arc-swap, re-checked against the registry's pointer),
+//! [`answers`] (the storefront queries with filters, fallbacks and reasons) and
+//! [`host::serve`] (Lambda or TCP). [`training`] reads a tenant's purchases and trains and
+//! publishes a model; [`demo`] fills a store with a seeded, realistic demo shop.
+//!
+//! Request flow: host -> router -> [`auth::Caller`] (bearer key, scopes) -> validated
+//! extractors ([`extract`]) -> handler -> live model + store (history, catalog snapshot) ->
+//! JSON answer with recommendation id, model version and a reason per item.
 #![deny(missing_docs)]
 
+pub mod answers;
+pub mod auth;
+pub mod catalog;
 pub mod demo;
 pub mod error;
+pub mod extract;
+pub mod host;
+pub mod loader;
+pub mod routes;
+pub mod settings;
+pub mod state;
+pub mod telemetry;
 pub mod training;
 
-pub use error::{Error, Result};
+pub use error::{ApiError, Error, Result};

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use affinity_model::interactions::{Event, Interactions, InteractionsBuilder, Weighting};
 use affinity_model::model::{Model, Stage, TrainConfig, train};
-use affinity_store::{RecordStore, TenantId};
+use affinity_store::{
+    BlobKey, ModelStatus, ModelVersion, ModelVersionId, RecordStore, Stores, TenantId,
+};
 
 use crate::error::{Context, Result};
 
@@ -75,4 +77,75 @@ pub async fn train_tenant(
         progress,
     )
     .step("train")
+}
+
+/// Stores a trained model and makes it the tenant's live model, without an evaluation gate:
+/// the artifact goes to a content-addressed blob key, the version is registered with its
+/// checksum, and the live pointer moves by compare-and-set (the previous live version is
+/// marked retired). Used by `affinity train` and the demo; the gated retrain pipeline
+/// replaces it for scheduled retrains.
+pub async fn publish(
+    stores: &Stores,
+    tenant: &TenantId,
+    model: &Model,
+    metrics: serde_json::Value,
+) -> Result<ModelVersion> {
+    let m = model.to_bytes().step("encode artifact")?;
+    let checksum = affinity_model::artifact::digest(&m);
+    let key = BlobKey::parse(format!("models/{}.afm", &checksum[..32])).step("artifact key")?;
+    stores
+        .blobs
+        .put(tenant, &key, m)
+        .await
+        .step("write artifact")?;
+    let manifest = &model.manifest;
+    let version = ModelVersion {
+        version: ModelVersionId::parse(manifest.model_version.as_str()).step("model version id")?,
+        created_at: chrono::Utc::now(),
+        status: ModelStatus::Candidate,
+        artifact_key: key,
+        checksum,
+        params: serde_json::to_value(&manifest.config).unwrap_or_default(),
+        metrics,
+        data_counts: affinity_store::DataCounts {
+            purchases: manifest.counts.purchases as u64,
+            customers: manifest.counts.customers as u64,
+            items: manifest.counts.items as u64,
+        },
+        reason: Some("published without a gate".into()),
+    };
+    let records = stores.records.as_ref();
+    records
+        .register_model(tenant, &version)
+        .await
+        .step("register model version")?;
+    let expected = records
+        .live_pointer(tenant)
+        .await
+        .step("read live pointer")?
+        .map(|p| p.version);
+    records
+        .swap_live_pointer(tenant, expected.as_ref(), &version.version)
+        .await
+        .step("swap live pointer")?;
+    records
+        .set_model_status(tenant, &version.version, ModelStatus::Live, None)
+        .await
+        .step("mark version live")?;
+    if let Some(old) = expected {
+        records
+            .set_model_status(
+                tenant,
+                &old,
+                ModelStatus::Retired,
+                Some(format!("replaced by {}", version.version)),
+            )
+            .await
+            .step("retire previous version")?;
+    }
+    Ok(ModelVersion {
+        status: ModelStatus::Live,
+        reason: None,
+        ..version
+    })
 }

@@ -1,0 +1,285 @@
+//! The live model of each tenant, held in an [`ArcSwapOption`] so requests never wait for
+//! a reload.
+//!
+//! Cold start: the registry's live pointer names a version, its artifact is read from the
+//! blob store, its SHA-256 checked against the registry's checksum and then decoded by the
+//! artifact loader (which verifies every section). Afterwards the pointer is re-checked at
+//! most every `model_check`; a new version is loaded beside the current one and swapped in
+//! atomically. A failed load keeps the current model serving and is logged. The catalog
+//! snapshot (stock flags, categories, titles) refreshes on the same clock and at once after
+//! this instance ingests items.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use affinity_model::model::Model;
+use affinity_store::{CatalogItem, ModelVersion, Stores, TenantId};
+use arc_swap::ArcSwapOption;
+use chrono::{DateTime, Utc};
+
+use crate::catalog::CatalogView;
+use crate::error::{Context, Error, Result};
+
+/// What answers a tenant's requests: one model version with its catalog snapshot.
+pub struct Serving {
+    /// The decoded model.
+    pub model: Arc<Model>,
+    /// Its registry entry.
+    pub version: ModelVersion,
+    /// Catalog flags aligned with the model's item indices.
+    pub catalog: Arc<CatalogView>,
+    /// When this instance loaded the model.
+    pub loaded_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("version", &self.version.version)
+            .field("items", &self.model.items.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    serving: ArcSwapOption<Serving>,
+    next_check: Mutex<Option<Instant>>,
+    /// Single flight: one request refreshes, the others keep answering.
+    refreshing: AtomicBool,
+    /// Serialises cold loads so concurrent first requests load once.
+    cold: tokio::sync::Mutex<()>,
+}
+
+/// Per-tenant live models.
+pub struct ModelCache {
+    stores: Stores,
+    check_every: Duration,
+    slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
+}
+
+impl std::fmt::Debug for ModelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelCache")
+            .field("check_every", &self.check_every)
+            .finish()
+    }
+}
+
+/// Clears a flag when dropped, so a cancelled refresh cannot wedge the slot.
+struct Flag<'a>(&'a AtomicBool);
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl ModelCache {
+    /// A cache reading from `stores`, re-checking pointers at most every `check_every`.
+    pub fn new(stores: Stores, check_every: Duration) -> Self {
+        Self {
+            stores,
+            check_every,
+            slots: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, tenant: &TenantId) -> Arc<Slot> {
+        if let Some(s) = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return s.clone();
+        }
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The tenant's serving model: loads it on first use, re-checks the pointer when due.
+    /// `Error::NoModel` when the tenant has never promoted one.
+    pub async fn get(&self, tenant: &TenantId) -> Result<Arc<Serving>> {
+        let slot = self.slot(tenant);
+        let Some(current) = slot.serving.load_full() else {
+            return self.cold_load(tenant, &slot).await;
+        };
+        if self.due(&slot) && !slot.refreshing.swap(true, Ordering::AcqRel) {
+            let _flag = Flag(&slot.refreshing);
+            if let Some(next) = self.refresh(tenant, &current).await {
+                slot.serving.store(Some(next.clone()));
+                return Ok(next);
+            }
+        }
+        Ok(slot.serving.load_full().unwrap_or(current))
+    }
+
+    /// The serving model if one is loaded, without touching the store.
+    pub fn current(&self, tenant: &TenantId) -> Option<Arc<Serving>> {
+        self.slot(tenant).serving.load_full()
+    }
+
+    /// True (and the next check scheduled) when the pointer is due for a re-check.
+    fn due(&self, slot: &Slot) -> bool {
+        let now = Instant::now();
+        let mut next = slot.next_check.lock().unwrap_or_else(|p| p.into_inner());
+        match *next {
+            Some(t) if now < t => false,
+            _ => {
+                *next = Some(now + self.check_every);
+                true
+            }
+        }
+    }
+
+    async fn cold_load(&self, tenant: &TenantId, slot: &Slot) -> Result<Arc<Serving>> {
+        let _guard = slot.cold.lock().await;
+        if let Some(s) = slot.serving.load_full() {
+            return Ok(s);
+        }
+        let pointer = self
+            .stores
+            .records
+            .live_pointer(tenant)
+            .await
+            .step("read live pointer")?
+            .ok_or_else(|| Error::NoModel {
+                tenant: tenant.to_string(),
+            })?;
+        let version = self
+            .stores
+            .records
+            .get_model(tenant, &pointer.version)
+            .await
+            .step("read model version")?
+            .ok_or_else(|| Error::NoModel {
+                tenant: tenant.to_string(),
+            })?;
+        let serving = Arc::new(self.load(tenant, version).await?);
+        tracing::info!(tenant = %tenant, model_version = %serving.version.version, "model loaded");
+        *slot.next_check.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + self.check_every);
+        slot.serving.store(Some(serving.clone()));
+        Ok(serving)
+    }
+
+    /// Checks the pointer; a new version is loaded, else the catalog snapshot refreshed.
+    /// Any failure is logged and the current model keeps serving (None).
+    async fn refresh(&self, tenant: &TenantId, current: &Serving) -> Option<Arc<Serving>> {
+        let result: Result<Option<Serving>> = async {
+            let pointer = self
+                .stores
+                .records
+                .live_pointer(tenant)
+                .await
+                .step("read live pointer")?;
+            match pointer {
+                Some(p) if p.version != current.version.version => {
+                    let version = self
+                        .stores
+                        .records
+                        .get_model(tenant, &p.version)
+                        .await
+                        .step("read model version")?
+                        .ok_or_else(|| Error::NoModel {
+                            tenant: tenant.to_string(),
+                        })?;
+                    let next = self.load(tenant, version).await?;
+                    tracing::info!(
+                        tenant = %tenant,
+                        from = %current.version.version,
+                        to = %next.version.version,
+                        "live model swapped"
+                    );
+                    Ok(Some(next))
+                }
+                _ => {
+                    let items = self
+                        .stores
+                        .records
+                        .list_items(tenant)
+                        .await
+                        .step("list catalog")?;
+                    Ok(Some(Serving {
+                        model: current.model.clone(),
+                        version: current.version.clone(),
+                        catalog: Arc::new(CatalogView::build(&current.model, &items)),
+                        loaded_at: current.loaded_at,
+                    }))
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(next) => next.map(Arc::new),
+            Err(e) => {
+                tracing::error!(
+                    tenant = %tenant,
+                    model_version = %current.version.version,
+                    error = %e,
+                    "model refresh failed; the current model keeps serving"
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads, verifies and decodes a version's artifact, with the tenant's catalog.
+    async fn load(&self, tenant: &TenantId, version: ModelVersion) -> Result<Serving> {
+        let bytes = self
+            .stores
+            .blobs
+            .get(tenant, &version.artifact_key)
+            .await
+            .step("read model artifact")?;
+        let expected = version.checksum.clone();
+        // Hashing and decoding tens of megabytes is CPU work: keep it off the reactor.
+        let model = tokio::task::spawn_blocking(move || -> Result<Model> {
+            let actual = affinity_model::artifact::digest(&bytes);
+            if !actual.eq_ignore_ascii_case(&expected) {
+                return Err(Error::Model {
+                    step: "verify artifact checksum",
+                    source: affinity_model::Error::Artifact(format!(
+                        "artifact checksum {actual} does not match the registry's {expected}"
+                    )),
+                });
+            }
+            Model::from_bytes(&bytes).step("decode model artifact")
+        })
+        .await
+        .map_err(|e| Error::runtime("decode model artifact", e))??;
+        let items = self
+            .stores
+            .records
+            .list_items(tenant)
+            .await
+            .step("list catalog")?;
+        Ok(Serving {
+            catalog: Arc::new(CatalogView::build(&model, &items)),
+            model: Arc::new(model),
+            version,
+            loaded_at: Utc::now(),
+        })
+    }
+
+    /// Applies catalog items this instance just wrote, so stock changes count at once.
+    pub fn catalog_written(&self, tenant: &TenantId, items: &[CatalogItem]) {
+        let slot = self.slot(tenant);
+        if let Some(current) = slot.serving.load_full() {
+            let catalog = Arc::new(current.catalog.with_items(&current.model, items));
+            slot.serving.store(Some(Arc::new(Serving {
+                model: current.model.clone(),
+                version: current.version.clone(),
+                catalog,
+                loaded_at: current.loaded_at,
+            })));
+        }
+    }
+}

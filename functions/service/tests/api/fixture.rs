@@ -1,0 +1,237 @@
+//! A demo shop in a memory store, a trained and published model, keys with each scope,
+//! and helpers to call the router.
+
+use std::collections::BTreeSet;
+
+use affinity_model::model::TrainConfig;
+use affinity_service::demo::{self, DemoShop};
+use affinity_service::routes;
+use affinity_service::settings::Settings;
+use affinity_service::state::AppState;
+use affinity_service::training;
+use affinity_store::{Scope, Stores, TenantId, generate_api_key};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Keys of the fixture, by what they may do.
+pub struct Keys {
+    /// Every scope.
+    pub all: String,
+    /// Only `recommend`.
+    pub recommend: String,
+    /// Only `ingest`.
+    pub ingest: String,
+    /// Revoked (had every scope).
+    pub revoked: String,
+    /// Every scope, but for another tenant (which has no model).
+    pub other_tenant: String,
+}
+
+/// The application under test.
+pub struct App {
+    pub router: Router,
+    pub stores: Stores,
+    pub tenant: TenantId,
+    pub shop: DemoShop,
+    pub keys: Keys,
+}
+
+pub fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+pub fn small_config() -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.als.factors = 16;
+    c.als.iterations = 6;
+    c.neighbours = 20;
+    c
+}
+
+/// Trains on whatever the store holds and makes it live.
+pub async fn train_and_publish(stores: &Stores, tenant: &TenantId, version: &str) {
+    let model = training::train_tenant(
+        stores.records.as_ref(),
+        tenant,
+        &small_config(),
+        version,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    training::publish(
+        stores,
+        tenant,
+        &model,
+        serde_json::json!({"recall_at_10": 0.25}),
+    )
+    .await
+    .unwrap();
+}
+
+async fn key(
+    stores: &Stores,
+    tenant: &TenantId,
+    scopes: &[Scope],
+) -> (String, affinity_store::KeyId) {
+    let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
+    let k = generate_api_key(tenant, scopes, Some("test".into()), Utc::now()).unwrap();
+    stores.records.create_key(&k.record).await.unwrap();
+    (k.secret, k.record.key_id)
+}
+
+impl App {
+    /// The standard fixture: 400 demo customers, a live model, five keys.
+    pub async fn new() -> Self {
+        Self::with_settings(Settings::for_tests()).await
+    }
+
+    pub async fn with_settings(settings: Settings) -> Self {
+        let stores = Stores::memory().unwrap();
+        let tenant = TenantId::default();
+        let shop = demo::populate(stores.records.as_ref(), &tenant, 400, 7, now())
+            .await
+            .unwrap();
+        train_and_publish(&stores, &tenant, "v1").await;
+        let all = [
+            Scope::Recommend,
+            Scope::Offers,
+            Scope::Ingest,
+            Scope::ModelsAdmin,
+        ];
+        let (all_key, _) = key(&stores, &tenant, &all).await;
+        let (recommend, _) = key(&stores, &tenant, &[Scope::Recommend]).await;
+        let (ingest, _) = key(&stores, &tenant, &[Scope::Ingest]).await;
+        let (revoked, revoked_id) = key(&stores, &tenant, &all).await;
+        stores
+            .records
+            .revoke_key(&tenant, &revoked_id)
+            .await
+            .unwrap();
+        let other = TenantId::parse("other-shop").unwrap();
+        let (other_tenant, _) = key(&stores, &other, &all).await;
+        let state = AppState::new(stores.clone(), &settings);
+        Self {
+            router: routes::router(state),
+            stores,
+            tenant,
+            shop,
+            keys: Keys {
+                all: all_key,
+                recommend,
+                ingest,
+                revoked,
+                other_tenant,
+            },
+        }
+    }
+
+    /// Sends one request; returns status and parsed JSON (Null for an empty body).
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_owned())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{status}: body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, Some(&self.keys.all), None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: &Value) -> (StatusCode, Value) {
+        self.call("POST", uri, Some(&self.keys.all), Some(&body.to_string()))
+            .await
+    }
+}
+
+/// Asserts the JSON error shape and returns the code.
+pub fn error_code(status: StatusCode, body: &Value) -> String {
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "expected an error, got {status}: {body}"
+    );
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status}: no error.code in {body}"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{status}: no error.message in {body}"
+    );
+    code.to_owned()
+}
+
+/// Item ids of an answer.
+pub fn ids(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {body}"))
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Checks what every recommendation answer must carry.
+pub fn assert_answer_shape(body: &Value) {
+    assert!(
+        body["recommendation_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("rec_")),
+        "{body}"
+    );
+    assert!(
+        body["model_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
+    assert!(
+        body["as_of"]
+            .as_str()
+            .is_some_and(|t| DateTime::parse_from_rfc3339(t).is_ok()),
+        "{body}"
+    );
+    for item in body["items"].as_array().unwrap() {
+        assert!(item["reason"]["kind"].is_string(), "no reason: {item}");
+        assert!(item["explanation"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}

@@ -1,0 +1,178 @@
+//! The model loader: cold start through the live pointer, re-check interval, atomic swap,
+//! and failed loads that keep the current model serving.
+
+use std::time::Duration;
+
+use affinity_service::Error;
+use affinity_service::loader::ModelCache;
+use affinity_store::{
+    BlobKey, DataCounts, ModelStatus, ModelVersion, ModelVersionId, Stores, TenantId,
+};
+
+use crate::fixture::{now, train_and_publish};
+
+async fn shop() -> (Stores, TenantId) {
+    let stores = Stores::memory().unwrap();
+    let tenant = TenantId::default();
+    affinity_service::demo::populate(stores.records.as_ref(), &tenant, 150, 11, now())
+        .await
+        .unwrap();
+    (stores, tenant)
+}
+
+/// Registers `bytes` as a version and points the live pointer at it.
+async fn publish_raw(
+    stores: &Stores,
+    tenant: &TenantId,
+    version: &str,
+    bytes: Vec<u8>,
+    checksum: String,
+) {
+    let key = BlobKey::parse(format!("models/{version}.afm")).unwrap();
+    stores.blobs.put(tenant, &key, bytes).await.unwrap();
+    let v = ModelVersion {
+        version: ModelVersionId::parse(version).unwrap(),
+        created_at: chrono::Utc::now(),
+        status: ModelStatus::Candidate,
+        artifact_key: key,
+        checksum,
+        params: serde_json::json!({}),
+        metrics: serde_json::json!({}),
+        data_counts: DataCounts::default(),
+        reason: None,
+    };
+    stores.records.register_model(tenant, &v).await.unwrap();
+    let live = stores
+        .records
+        .live_pointer(tenant)
+        .await
+        .unwrap()
+        .map(|p| p.version);
+    stores
+        .records
+        .swap_live_pointer(tenant, live.as_ref(), &v.version)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_pointer_means_no_model() {
+    let (stores, tenant) = shop().await;
+    let cache = ModelCache::new(stores, Duration::ZERO);
+    assert!(matches!(
+        cache.get(&tenant).await,
+        Err(Error::NoModel { .. })
+    ));
+}
+
+#[tokio::test]
+async fn cold_start_then_swap_when_the_pointer_moves() {
+    let (stores, tenant) = shop().await;
+    train_and_publish(&stores, &tenant, "v1").await;
+    let cache = ModelCache::new(stores.clone(), Duration::ZERO);
+    let first = cache.get(&tenant).await.unwrap();
+    assert_eq!(first.version.version.as_str(), "v1");
+    train_and_publish(&stores, &tenant, "v2").await;
+    let next = cache.get(&tenant).await.unwrap();
+    assert_eq!(next.version.version.as_str(), "v2");
+    // The answer in flight keeps its own model: the old Arc is still whole.
+    assert_eq!(first.version.version.as_str(), "v1");
+    assert!(first.model.items.len() > 100);
+}
+
+#[tokio::test]
+async fn the_pointer_is_not_rechecked_before_the_interval() {
+    let (stores, tenant) = shop().await;
+    train_and_publish(&stores, &tenant, "v1").await;
+    let cache = ModelCache::new(stores.clone(), Duration::from_secs(3600));
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
+    train_and_publish(&stores, &tenant, "v2").await;
+    for _ in 0..3 {
+        assert_eq!(
+            cache.get(&tenant).await.unwrap().version.version.as_str(),
+            "v1"
+        );
+    }
+    // A fresh instance (cold start) sees the new pointer at once.
+    let cold = ModelCache::new(stores, Duration::from_secs(3600));
+    assert_eq!(
+        cold.get(&tenant).await.unwrap().version.version.as_str(),
+        "v2"
+    );
+}
+
+#[tokio::test]
+async fn failed_loads_keep_the_current_model() {
+    let (stores, tenant) = shop().await;
+    train_and_publish(&stores, &tenant, "v1").await;
+    let cache = ModelCache::new(stores.clone(), Duration::ZERO);
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
+    let good = cache.current(&tenant).unwrap().model.to_bytes().unwrap();
+
+    // Bytes that do not match the registry's checksum (corrupted in the blob store).
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0xff;
+    publish_raw(
+        &stores,
+        &tenant,
+        "v-corrupt",
+        flipped,
+        affinity_model::artifact::digest(&good),
+    )
+    .await;
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
+
+    // Checksum right, content not an artifact: the artifact loader refuses it.
+    let junk = b"not a model".to_vec();
+    let sum = affinity_model::artifact::digest(&junk);
+    publish_raw(&stores, &tenant, "v-junk", junk, sum).await;
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
+
+    // The blob is missing altogether.
+    publish_raw(&stores, &tenant, "v-missing", Vec::new(), "00".repeat(32)).await;
+    stores
+        .blobs
+        .delete(&tenant, &BlobKey::parse("models/v-missing.afm").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v1"
+    );
+
+    // A good version afterwards is picked up.
+    train_and_publish(&stores, &tenant, "v3").await;
+    assert_eq!(
+        cache.get(&tenant).await.unwrap().version.version.as_str(),
+        "v3"
+    );
+}
+
+#[tokio::test]
+async fn a_cold_start_refuses_a_corrupt_artifact() {
+    let (stores, tenant) = shop().await;
+    publish_raw(
+        &stores,
+        &tenant,
+        "v-bad",
+        b"garbage".to_vec(),
+        "ab".repeat(32),
+    )
+    .await;
+    let cache = ModelCache::new(stores, Duration::ZERO);
+    let err = cache.get(&tenant).await.unwrap_err().to_string();
+    assert!(err.contains("checksum"), "{err}");
+}
