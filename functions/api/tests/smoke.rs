@@ -1,7 +1,10 @@
 //! End-to-end smoke test of the built function under `cargo lambda watch`, which emulates
-//! the Lambda runtime API and function URLs: the binary runs exactly as on Lambda
-//! (`AWS_LAMBDA_RUNTIME_API` set by the emulator, so `lambda_http::run` serves), and the
-//! test calls it over HTTP through the emulator's function-URL path.
+//! the Lambda runtime API and function URLs. The emulator runs with `--only-lambda-apis`
+//! and the test starts the `affinity-api` binary this test run built, with the variables
+//! Lambda sets (`AWS_LAMBDA_RUNTIME_API`, ...), so `lambda_http::run` serves exactly as on
+//! Lambda; requests go over HTTP through the emulator's function-URL path. (Letting the
+//! emulator `cargo run` the function would rebuild the dependency tree without the test's
+//! dev-dependency features: minutes of build inside a test.)
 //!
 //! Needs `cargo-lambda` (PyPI); `scripts/test.sh` installs it into its venv and exports
 //! `AFFINITY_TEST_CARGO_LAMBDA` with the binary's path.
@@ -86,6 +89,16 @@ impl Drop for Emulator {
     }
 }
 
+/// Stops the function process started here.
+struct Function(Child);
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// (status, body) of one request through curl.
 fn http(
     method: &str,
@@ -124,33 +137,22 @@ async fn the_built_function_answers_under_cargo_lambda_watch() {
     let key = prepare(data.path()).await;
     let port = free_port();
     let manifest_dir = env!("CARGO_MANIFEST_DIR");
-    let env = format!(
-        "AFFINITY_BACKEND=embedded,AFFINITY_DATA_DIR={},AFFINITY_LOG_FORMAT=json",
-        data.path().display()
-    );
+    // The emulator serves the Lambda runtime API and function URLs; the function is the
+    // binary this test run built, started the way Lambda starts it.
     let mut cmd = Command::new(&bin);
     cmd.current_dir(manifest_dir)
         .args([
             "lambda",
             "watch",
+            "--only-lambda-apis",
             "-A",
             "127.0.0.1",
             "-P",
             &port.to_string(),
         ])
-        // The test profile is what the test run just built: no second build of the tree.
-        .args([
-            "--profile",
-            "test",
-            "--ignore-changes",
-            "--bin",
-            "affinity-api",
-        ])
-        .args(["--env-vars", &env])
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let _emulator = Emulator(cmd.spawn().unwrap());
 
     // Wait for the emulator's port (not for `GET /`, which it does not serve).
@@ -164,9 +166,21 @@ async fn the_built_function_answers_under_cargo_lambda_watch() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let base = format!("http://{addr}/lambda-url/affinity-api");
-    // The emulator builds and starts the function on the first invocations (`cargo run`,
-    // a no-op when the test run has built it, longer when another build holds the lock).
+    let function = Command::new(env!("CARGO_BIN_EXE_affinity-api"))
+        .env("AWS_LAMBDA_RUNTIME_API", format!("http://{addr}/.rt"))
+        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AFFINITY_BACKEND", "embedded")
+        .env("AFFINITY_DATA_DIR", data.path())
+        .env("AFFINITY_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _function = Function(function);
+
+    // The emulator's function-URL path for the function named `_`.
+    let base = format!("http://{addr}/lambda-url/_");
     let health = format!("{base}/v1/health");
     let start = Instant::now();
     let (s, b) = loop {
@@ -176,7 +190,7 @@ async fn the_built_function_answers_under_cargo_lambda_watch() {
         })
         .await
         .unwrap();
-        if s == 200 || start.elapsed() > Duration::from_secs(1200) {
+        if s == 200 || start.elapsed() > Duration::from_secs(120) {
             break (s, b);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
