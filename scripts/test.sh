@@ -7,12 +7,19 @@ cd "$(dirname "$0")/.."
 
 VENV="${AFFINITY_VENV:-$HOME/.cache/affinity/venv}"
 MOTO_VERSION="5.2.5"
+CARGO_LAMBDA_VERSION="1.9.2"
 
 if [ ! -x "$VENV/bin/moto_server" ]; then
   echo "==> installing moto[server]==$MOTO_VERSION into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+# cargo-lambda emulates the Lambda runtime for the API's end-to-end smoke test.
+if ! "$VENV/bin/pip" show cargo-lambda 2>/dev/null | grep -qx "Version: $CARGO_LAMBDA_VERSION"; then
+  echo "==> installing cargo-lambda==$CARGO_LAMBDA_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
+fi
+export AFFINITY_TEST_CARGO_LAMBDA="$VENV/bin/cargo-lambda"
 
 # Pick a free loopback port, start moto, poll until it answers.
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

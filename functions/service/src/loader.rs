@@ -242,7 +242,15 @@ impl ModelCache {
         let expected = version.checksum.clone();
         // Hashing and decoding tens of megabytes is CPU work: keep it off the reactor.
         let model = tokio::task::spawn_blocking(move || -> Result<Model> {
-            let actual = affinity_model::artifact::digest(&bytes);
+            // The whole-file digest (identity with the registry) runs beside the decode
+            // (which verifies each section): cold start pays for the slower of the two.
+            let (actual, decoded) = std::thread::scope(|s| {
+                let digest = s.spawn(|| affinity_model::artifact::digest(&bytes));
+                let decoded = Model::from_bytes(&bytes);
+                (digest.join(), decoded)
+            });
+            let actual = actual
+                .map_err(|_| Error::runtime("hash model artifact", "hashing thread panicked"))?;
             if !actual.eq_ignore_ascii_case(&expected) {
                 return Err(Error::Model {
                     step: "verify artifact checksum",
@@ -251,7 +259,7 @@ impl ModelCache {
                     )),
                 });
             }
-            Model::from_bytes(&bytes).step("decode model artifact")
+            decoded.step("decode model artifact")
         })
         .await
         .map_err(|e| Error::runtime("decode model artifact", e))??;
