@@ -39,6 +39,39 @@ pub struct Split {
 
 /// Splits `data` per customer; customers with a single item keep it in train.
 pub fn split(data: &Interactions, holdout: Holdout) -> Split {
+    split_selected(data, holdout, &|_| true)
+}
+
+/// Like [`split`], but holds out items of at most `max_customers` customers (a seeded
+/// sample of those with two or more items); the others keep everything in train. Full
+/// ranking costs customers x items, so a large shop's promotion gate scores a sample.
+pub fn split_sample(
+    data: &Interactions,
+    holdout: Holdout,
+    max_customers: usize,
+    seed: u64,
+) -> Split {
+    let m = &data.user_items;
+    let mut eligible: Vec<usize> = (0..data.n_customers())
+        .filter(|&u| m.indptr[u + 1] - m.indptr[u] >= 2)
+        .collect();
+    if eligible.len() <= max_customers {
+        return split(data, holdout);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (chosen, _) = eligible.partial_shuffle(&mut rng, max_customers);
+    let mut selected = vec![false; data.n_customers()];
+    for &u in chosen.iter() {
+        selected[u] = true;
+    }
+    split_selected(data, holdout, &|u| selected[u])
+}
+
+fn split_selected(
+    data: &Interactions,
+    holdout: Holdout,
+    selected: &dyn Fn(usize) -> bool,
+) -> Split {
     let n = data.n_customers();
     let m = &data.user_items;
     let mut held = vec![false; m.nnz()];
@@ -53,7 +86,7 @@ pub fn split(data: &Interactions, holdout: Holdout) -> Split {
     for (u, t) in test.iter_mut().enumerate() {
         let (a, b) = (m.indptr[u], m.indptr[u + 1]);
         let len = b - a;
-        if len < 2 {
+        if len < 2 || !selected(u) {
             continue;
         }
         let count = ((fraction * len as f64).round() as usize).clamp(1, len - 1);
@@ -310,6 +343,20 @@ mod tests {
                 .iter()
                 .all(|t| t == &vec![d.items.get("i9").unwrap()])
         );
+    }
+
+    #[test]
+    fn sampled_split_holds_out_only_for_the_sample() {
+        let d = data();
+        let s = split_sample(&d, Holdout::Latest { fraction: 0.1 }, 4, 3);
+        assert_eq!(s.test.iter().filter(|t| !t.is_empty()).count(), 4);
+        assert_eq!(s.train.nnz(), 96);
+        assert_eq!(
+            s.test,
+            split_sample(&d, Holdout::Latest { fraction: 0.1 }, 4, 3).test
+        );
+        let all = split_sample(&d, Holdout::Latest { fraction: 0.1 }, 100, 3);
+        assert_eq!(all.test, split(&d, Holdout::Latest { fraction: 0.1 }).test);
     }
 
     #[test]
