@@ -1,7 +1,7 @@
 //! The promotion gate: a retrained model goes live by itself only if it beats popularity
 //! and is not clearly worse than the model serving now, on the same holdout.
 
-use affinity_model::eval::Metrics;
+use affinity_model::eval::{Holdout, Metrics};
 use serde::{Deserialize, Serialize};
 
 /// Gate settings.
@@ -52,6 +52,9 @@ pub struct LiveEvaluation {
 pub struct Evaluation {
     /// Cut-off of every metric.
     pub k: usize,
+    /// How the holdout was carved: purchases since the live model's data watermark when
+    /// a model is live (it never saw them), else each customer's latest purchases.
+    pub holdout: Holdout,
     /// Customers with held-out purchases.
     pub customers: usize,
     /// The candidate configuration, fitted without the holdout.
@@ -113,10 +116,19 @@ pub fn decide(config: &GateConfig, eval: &Evaluation, force: bool) -> GateDecisi
     let (c, p) = (&eval.candidate, &eval.popularity);
     let mut failures = Vec::new();
     if eval.customers < config.min_customers {
-        failures.push(format!(
-            "the holdout has {} customers, fewer than the {} needed to judge",
-            eval.customers, config.min_customers
-        ));
+        failures.push(match eval.holdout {
+            Holdout::Since { at } => format!(
+                "only {} customers bought since the live model's data ({}), fewer than the {} needed to compare",
+                eval.customers,
+                chrono::DateTime::from_timestamp(at, 0)
+                    .map_or_else(|| at.to_string(), |t| t.to_rfc3339()),
+                config.min_customers
+            ),
+            _ => format!(
+                "the holdout has {} customers, fewer than the {} needed to judge",
+                eval.customers, config.min_customers
+            ),
+        });
     } else {
         if c.recall <= p.recall {
             failures.push(format!(
@@ -218,6 +230,7 @@ mod tests {
     fn eval(candidate: Metrics, live: Option<Metrics>) -> Evaluation {
         Evaluation {
             k: 10,
+            holdout: Holdout::Since { at: 1_700_000_000 },
             customers: 100,
             candidate,
             popularity: m(0.10, 0.08),
@@ -282,7 +295,15 @@ mod tests {
         e.customers = 3;
         let d = decide(&GateConfig::default(), &e, false);
         assert_eq!(d.verdict, Verdict::Rejected);
-        assert!(d.reason.contains("fewer than the 20 needed"));
+        assert!(
+            d.reason
+                .contains("only 3 customers bought since the live model's data (2023-11-14"),
+            "{}",
+            d.reason
+        );
+        e.holdout = Holdout::Latest { fraction: 0.2 };
+        let d = decide(&GateConfig::default(), &e, false);
+        assert!(d.reason.contains("fewer than the 20 needed to judge"));
     }
 
     #[test]

@@ -715,19 +715,37 @@ async fn locked(
     clock.enter(Step::Interactions);
     deps.faults.check(Step::Interactions)?;
     lease.check("interactions")?;
+    // The live model decides the holdout: judged on purchases it never saw (those after
+    // its data watermark), it is compared fairly; before the first model, each customer's
+    // latest purchases.
+    let pointer = records
+        .live_pointer(tenant)
+        .await
+        .step("read the live pointer")?;
+    let (live, live_note) = match &pointer {
+        None => (None, None),
+        Some(p) => match load_live_for_gate(stores, tenant, p).await {
+            Ok(m) => (Some((p.version.to_string(), m)), None),
+            Err(note) => {
+                tracing::warn!(live = %p.version, note = %note, "live model not compared");
+                (None, Some(note))
+            }
+        },
+    };
     let holdout = deps.settings.holdout.clone();
+    let cut = match &live {
+        Some((_, m)) => Holdout::Since {
+            at: m.manifest.data_watermark,
+        },
+        None => Holdout::Latest {
+            fraction: holdout.fraction,
+        },
+    };
     let (data, split) = {
         let (builder, weighting, holdout) = (scanned.builder, config.weighting, holdout.clone());
         blocking("build interactions", move || {
             let data = builder.build(&weighting).step("build interactions")?;
-            let split = eval::split_sample(
-                &data,
-                Holdout::Latest {
-                    fraction: holdout.fraction,
-                },
-                holdout.max_customers,
-                holdout.seed,
-            );
+            let split = eval::split_sample(&data, cut, holdout.max_customers, holdout.seed);
             Ok((Arc::new(data), Arc::new(split)))
         })
         .await?
@@ -765,20 +783,6 @@ async fn locked(
     clock.enter(Step::Evaluate);
     deps.faults.check(Step::Evaluate)?;
     lease.check("evaluate")?;
-    let pointer = records
-        .live_pointer(tenant)
-        .await
-        .step("read the live pointer")?;
-    let (live, live_note) = match &pointer {
-        None => (None, None),
-        Some(p) => match load_live_for_gate(stores, tenant, p).await {
-            Ok(m) => (Some((p.version.to_string(), m)), None),
-            Err(note) => {
-                tracing::warn!(live = %p.version, note = %note, "live model not compared");
-                (None, Some(note))
-            }
-        },
-    };
     let evaluation = {
         let k = holdout.k;
         let live_pointer = pointer.as_ref().map(|p| p.version.to_string());
@@ -791,6 +795,7 @@ async fn locked(
             });
             Ok(Evaluation {
                 k,
+                holdout: cut,
                 customers: c.customers,
                 candidate: c,
                 popularity,
