@@ -138,3 +138,42 @@ async fn renew_until_stopped(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use affinity_store::Stores;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renewals_keep_the_lock_and_stop_with_the_run() {
+        let stores = Stores::memory().unwrap();
+        let t = TenantId::default();
+        let lease = Duration::from_millis(1500);
+        let held = Lease::acquire(stores.records.clone(), &t, "a#1".into(), lease)
+            .await
+            .unwrap();
+        // Well past the first lease: the heartbeat renewed it.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(held.check("test").is_ok());
+        let other = Lease::acquire(stores.records.clone(), &t, "b#1".into(), lease).await;
+        assert!(matches!(other, Err(Error::RetrainRunning { ref holder, .. }) if holder == "a#1"));
+        // A dropped lease (a dead run) is not renewed: it lapses and the next run gets it.
+        drop(held);
+        let mut taken = None;
+        for _ in 0..100 {
+            match Lease::acquire(stores.records.clone(), &t, "b#1".into(), lease).await {
+                Ok(l) => {
+                    taken = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let taken = taken.expect("the abandoned lease lapsed");
+        taken.release().await.unwrap();
+        let again = Lease::acquire(stores.records.clone(), &t, "c#1".into(), lease)
+            .await
+            .unwrap();
+        again.release().await.unwrap();
+    }
+}
