@@ -26,6 +26,12 @@ pub enum Holdout {
         /// Share held out.
         fraction: f64,
     },
+    /// Every item a customer bought after `at` (Unix seconds), all but one at most: a
+    /// model trained on data up to `at` is then judged only on purchases it never saw.
+    Since {
+        /// The cut, e.g. the serving model's data watermark.
+        at: i64,
+    },
 }
 
 /// Training data with the held-out items removed, and those items per customer.
@@ -39,24 +45,73 @@ pub struct Split {
 
 /// Splits `data` per customer; customers with a single item keep it in train.
 pub fn split(data: &Interactions, holdout: Holdout) -> Split {
+    split_selected(data, holdout, &|_| true)
+}
+
+/// Like [`split`], but holds out items of at most `max_customers` customers (a seeded
+/// sample of those with two or more items); the others keep everything in train. Full
+/// ranking costs customers x items, so a large shop's promotion gate scores a sample.
+pub fn split_sample(
+    data: &Interactions,
+    holdout: Holdout,
+    max_customers: usize,
+    seed: u64,
+) -> Split {
+    let m = &data.user_items;
+    let mut eligible: Vec<usize> = (0..data.n_customers())
+        .filter(|&u| {
+            let (a, b) = (m.indptr[u], m.indptr[u + 1]);
+            b - a >= 2
+                && match holdout {
+                    Holdout::Since { at } => data.last_at[a..b].iter().any(|&t| t > at),
+                    _ => true,
+                }
+        })
+        .collect();
+    if eligible.len() <= max_customers {
+        return split(data, holdout);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (chosen, _) = eligible.partial_shuffle(&mut rng, max_customers);
+    let mut selected = vec![false; data.n_customers()];
+    for &u in chosen.iter() {
+        selected[u] = true;
+    }
+    split_selected(data, holdout, &|u| selected[u])
+}
+
+fn split_selected(
+    data: &Interactions,
+    holdout: Holdout,
+    selected: &dyn Fn(usize) -> bool,
+) -> Split {
     let n = data.n_customers();
     let m = &data.user_items;
     let mut held = vec![false; m.nnz()];
     let mut test = vec![Vec::new(); n];
     let mut rng = match holdout {
         Holdout::Random { seed, .. } => Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
-        Holdout::Latest { .. } => None,
-    };
-    let fraction = match holdout {
-        Holdout::Random { fraction, .. } | Holdout::Latest { fraction } => fraction,
+        Holdout::Latest { .. } | Holdout::Since { .. } => None,
     };
     for (u, t) in test.iter_mut().enumerate() {
         let (a, b) = (m.indptr[u], m.indptr[u + 1]);
         let len = b - a;
-        if len < 2 {
+        if len < 2 || !selected(u) {
             continue;
         }
-        let count = ((fraction * len as f64).round() as usize).clamp(1, len - 1);
+        let count = match holdout {
+            Holdout::Random { fraction, .. } | Holdout::Latest { fraction } => {
+                ((fraction * len as f64).round() as usize).clamp(1, len - 1)
+            }
+            Holdout::Since { at } => data.last_at[a..b]
+                .iter()
+                .filter(|&&t| t > at)
+                .count()
+                .min(len - 1),
+        };
+        if count == 0 {
+            continue;
+        }
         let mut pos: Vec<usize> = (a..b).collect();
         match rng.as_mut() {
             Some(r) => pos.shuffle(r),
@@ -430,6 +485,39 @@ mod tests {
                 .iter()
                 .all(|t| t == &vec![d.items.get("i9").unwrap()])
         );
+    }
+
+    #[test]
+    fn since_split_holds_out_what_came_after_the_cut() {
+        let d = data();
+        // Customer c bought item i at c * 100 + i: after 505, customer 5 bought i6..i9,
+        // customers 6..9 bought everything (all but their oldest item are held out).
+        let s = split(&d, Holdout::Since { at: 505 });
+        for (u, t) in s.test.iter().enumerate() {
+            let c: i64 = d.customers.id(u as u32)[1..].parse().unwrap();
+            let expected = match c {
+                0..=4 => 0,
+                5 => 4,
+                _ => 9,
+            };
+            assert_eq!(t.len(), expected, "customer {c}");
+        }
+        let sampled = split_sample(&d, Holdout::Since { at: 505 }, 2, 1);
+        assert_eq!(sampled.test.iter().filter(|t| !t.is_empty()).count(), 2);
+    }
+
+    #[test]
+    fn sampled_split_holds_out_only_for_the_sample() {
+        let d = data();
+        let s = split_sample(&d, Holdout::Latest { fraction: 0.1 }, 4, 3);
+        assert_eq!(s.test.iter().filter(|t| !t.is_empty()).count(), 4);
+        assert_eq!(s.train.nnz(), 96);
+        assert_eq!(
+            s.test,
+            split_sample(&d, Holdout::Latest { fraction: 0.1 }, 4, 3).test
+        );
+        let all = split_sample(&d, Holdout::Latest { fraction: 0.1 }, 100, 3);
+        assert_eq!(all.test, split(&d, Holdout::Latest { fraction: 0.1 }).test);
     }
 
     #[test]

@@ -224,6 +224,48 @@ pub fn train(
     trained_at: i64,
     progress: &(dyn Fn(Stage) + Sync),
 ) -> Result<Model> {
+    build(
+        data,
+        item_categories,
+        config,
+        model_version,
+        trained_at,
+        progress,
+        true,
+    )
+}
+
+/// Fits the embeddings only (no neighbour lists, exact index): what offline evaluation,
+/// the promotion gate and tuning need, without the item x item pass of a served model.
+/// [`Model::evaluate`] gives the same figures as for a model from [`train`] with the same
+/// data and configuration.
+pub fn train_for_evaluation(
+    data: &Interactions,
+    config: &TrainConfig,
+    model_version: &str,
+    trained_at: i64,
+    progress: &(dyn Fn(Stage) + Sync),
+) -> Result<Model> {
+    build(
+        data,
+        &HashMap::new(),
+        config,
+        model_version,
+        trained_at,
+        progress,
+        false,
+    )
+}
+
+fn build(
+    data: &Interactions,
+    item_categories: &HashMap<String, String>,
+    config: &TrainConfig,
+    model_version: &str,
+    trained_at: i64,
+    progress: &(dyn Fn(Stage) + Sync),
+    served: bool,
+) -> Result<Model> {
     if config.neighbours == 0 || config.neighbours > 500 {
         return Err(Error::InvalidParameter {
             name: "neighbours",
@@ -232,9 +274,20 @@ pub fn train(
     }
     let of = config.als.iterations;
     let factors = als::fit(data, &config.als, &|n| progress(Stage::Iteration { n, of }))?;
-    progress(Stage::Neighbours);
     let d = config.als.factors;
-    let neighbours = Neighbours::build(&factors.item, d, &data.item_users, config.neighbours);
+    let n = data.n_items();
+    let neighbours = if served {
+        progress(Stage::Neighbours);
+        Neighbours::build(&factors.item, d, &data.item_users, config.neighbours)
+    } else {
+        // One empty slot per item: the shape a model needs, none of the cost.
+        Neighbours {
+            k: 1,
+            ids: vec![crate::neighbours::NONE; n],
+            scores: vec![0.0; n],
+            shared: vec![0; n],
+        }
+    };
     let mut categories: Vec<String> = item_categories.values().cloned().collect();
     categories.sort();
     categories.dedup();
@@ -266,9 +319,13 @@ pub fn train(
         },
         metrics: BTreeMap::new(),
     };
-    progress(Stage::Index);
     let vectors = ItemVectors::new(factors.item.into(), d)?;
-    let hnsw = build_hnsw(&vectors, config.index)?;
+    let hnsw = if served {
+        progress(Stage::Index);
+        build_hnsw(&vectors, config.index)?
+    } else {
+        None
+    };
     Model::assemble(
         manifest,
         data.items.clone(),
@@ -886,6 +943,16 @@ mod tests {
             "model {mine:?} vs popularity {pop:?}"
         );
         assert!(mine.ndcg > pop.ndcg);
+    }
+
+    #[test]
+    fn evaluation_model_scores_like_the_served_one() {
+        let (data, cats) = shop(500, 6, 20, 5);
+        let split = eval::split(&data, Holdout::Latest { fraction: 0.2 });
+        let full = train(&split.train, &cats, &small_config(), "v", 0, &|_| {}).unwrap();
+        let lean = train_for_evaluation(&split.train, &small_config(), "v", 0, &|_| {}).unwrap();
+        assert_eq!(full.evaluate(&split, 10), lean.evaluate(&split, 10));
+        assert_eq!(lean.neighbours.of(0).count(), 0);
     }
 
     #[test]

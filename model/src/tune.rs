@@ -7,7 +7,7 @@ use crate::Result;
 use crate::als::AlsParams;
 use crate::eval::{self, Holdout, Metrics};
 use crate::interactions::Interactions;
-use crate::model::{Model, TrainConfig, train};
+use crate::model::{Model, TrainConfig, train_for_evaluation};
 
 /// One tried configuration and its validation metrics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,14 +85,8 @@ pub fn search(
             if !keep_going() {
                 break 'candidates;
             }
-            let model: Model = train(
-                &split.train,
-                &Default::default(),
-                &cfg,
-                "tuning",
-                0,
-                &|_| {},
-            )?;
+            // Embeddings only: neighbour lists play no part in the validation metrics.
+            let model: Model = train_for_evaluation(&split.train, &cfg, "tuning", 0, &|_| {})?;
             folds.push(model.evaluate(split, k));
         }
         if let Some(validation) = Metrics::mean(&folds) {

@@ -1,19 +1,26 @@
-//! `affinity`: try the engine on a demo shop, import your own CSVs, train a model, serve
-//! the HTTP API, manage API keys.
+//! `affinity`: try the engine on a demo shop, import your own CSVs, retrain through the
+//! promotion gate, inspect model versions, promote and roll back, score your own split,
+//! serve the HTTP API, manage API keys.
 
 mod eval;
 mod keys;
 mod serve;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use affinity_model::model::{Model, Stage, TrainConfig};
-use affinity_service::{demo, training};
+use affinity_model::model::Model;
+use affinity_service::demo;
+use affinity_service::retrain::{
+    self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, TrainParams,
+    TuneRequest, VersionMetrics, VersionParams, versions,
+};
 use affinity_store::import::{self, ImportOptions};
-use affinity_store::{Backend, Stores, TenantId};
+use affinity_store::{Backend, JobId, JobRecord, ModelVersionId, Stores, TenantId};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -68,11 +75,24 @@ enum Cmd {
     },
     /// Train on your own train CSV and score your test CSV (full ranking, as `bench/quality`).
     Eval(eval::EvalArgs),
-    /// Train a model on the tenant's purchases, store the artifact and make it live.
+    /// Retrain on the tenant's purchases: evaluate against the live model and popularity,
+    /// promote only through the gate, register the version.
     Train {
+        #[command(flatten)]
+        train: TrainArgs,
         /// Also write the artifact to this path.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Model versions: list, show, promote, roll back.
+    Models {
+        #[command(subcommand)]
+        cmd: ModelsCmd,
+    },
+    /// Retrain jobs.
+    Jobs {
+        #[command(subcommand)]
+        cmd: JobsCmd,
     },
     /// Serve the HTTP API on this machine.
     Serve {
@@ -108,6 +128,68 @@ enum KeysCmd {
     },
     /// List the tenant's keys.
     List,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Promote even if the gate rejects the candidate (recorded in the registry).
+    #[arg(long)]
+    force: bool,
+    /// Idempotency key: re-running with the same id never trains or flips twice.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Search hyperparameters first, for at most this many seconds.
+    #[arg(long)]
+    tune_budget: Option<u64>,
+    /// Embedding dimension.
+    #[arg(long)]
+    factors: Option<usize>,
+    /// ALS iterations.
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// L2 regularisation.
+    #[arg(long)]
+    regularization: Option<f32>,
+    /// Confidence scale.
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// Half-life of a purchase's weight, in days.
+    #[arg(long)]
+    half_life_days: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Versions, newest first, with their holdout metrics and gate decisions.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = versions::DEFAULT_LIST_LIMIT)]
+        limit: usize,
+    },
+    /// One version in full: parameters, data, metrics, gate decision.
+    Show {
+        /// Version id.
+        version: String,
+    },
+    /// Make a version live (its artifact is verified first).
+    Promote {
+        /// Version id.
+        version: String,
+        /// Allow a version the gate rejected.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put the previously live version back.
+    Rollback,
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// A retrain job's status and message.
+    Show {
+        /// Job id.
+        job_id: String,
+    },
 }
 
 #[tokio::main]
@@ -168,10 +250,14 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Train { out } => {
-            let model = train(&stores, &tenant).await?;
-            let key = save(&stores, &tenant, &model, out).await?;
-            report(&model, &key, cli.json)?;
+        Cmd::Train { train, out } => {
+            let outcome = retrain_now(&stores, request(&tenant, train)?).await?;
+            if let Some(path) = out {
+                let bytes = stores.blobs.get(&tenant, &outcome.artifact_key).await?;
+                std::fs::write(&path, &bytes)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            print_outcome(&outcome, cli.json)?;
         }
         Cmd::Serve { addr, demo } => serve::run(stores, &tenant, addr, demo).await?,
         Cmd::Keys { cmd } => match cmd {
@@ -181,6 +267,14 @@ async fn run(cli: Cli) -> Result<()> {
             KeysCmd::Revoke { key_id } => keys::revoke(&stores, &tenant, &key_id, cli.json).await?,
             KeysCmd::List => keys::list(&stores, &tenant, cli.json).await?,
         },
+        Cmd::Eval(_) => unreachable!("handled before the store is opened"),
+        Cmd::Models { cmd } => models(&stores, &tenant, cmd, cli.json).await?,
+        Cmd::Jobs {
+            cmd: JobsCmd::Show { job_id },
+        } => {
+            let job = versions::job(&stores, &tenant, &JobId::parse(job_id)?).await?;
+            print_job(&job, cli.json)?;
+        }
         Cmd::Demo { customers, seed } => {
             let spin = bar(None, "");
             spin.set_message("writing the demo shop");
@@ -197,12 +291,13 @@ async fn run(cli: Cli) -> Result<()> {
                 "demo shop: {} items, {} customers, {} purchase lines",
                 shop.items, shop.customers, shop.purchases
             );
-            let model = train(&stores, &tenant).await?;
-            let key = save(&stores, &tenant, &model, None).await?;
-            report(&model, &key, cli.json)?;
+            let outcome = retrain_now(&stores, RetrainRequest::new(tenant.clone())).await?;
+            print_outcome(&outcome, cli.json)?;
+            let (_, model) = versions::load_live(&stores, &tenant)
+                .await?
+                .context("no model is live: see `affinity models list`")?;
             show_examples(&stores, &tenant, &model, &shop).await?;
         }
-        Cmd::Eval(_) => unreachable!("handled before the store is opened"),
     }
     Ok(())
 }
@@ -224,63 +319,317 @@ pub(crate) fn bar(len: Option<u64>, unit: &str) -> ProgressBar {
     b
 }
 
-/// Trains on the tenant's purchases with a progress bar.
-pub(crate) async fn train(stores: &Stores, tenant: &TenantId) -> Result<Model> {
-    let config = TrainConfig::default();
-    let bar = bar(Some(config.als.iterations as u64), "iterations");
-    bar.set_message("training");
-    let version = format!("v{}", chrono::Utc::now().format("%Y%m%d-%H%M%S-%3f"));
-    let model =
-        training::train_tenant(
-            stores.records.as_ref(),
-            tenant,
-            &config,
-            &version,
-            &|s| match s {
-                Stage::Iteration { n, .. } => bar.set_position(n as u64),
-                Stage::Neighbours => bar.set_message("neighbour lists"),
-                Stage::Index => bar.set_message("vector index"),
-            },
-        )
-        .await?;
+fn request(tenant: &TenantId, a: TrainArgs) -> Result<RetrainRequest> {
+    Ok(RetrainRequest {
+        tenant: tenant.clone(),
+        job_id: a.job_id.map(JobId::parse).transpose().context("--job-id")?,
+        force: a.force,
+        params: TrainParams {
+            factors: a.factors,
+            iterations: a.iterations,
+            regularization: a.regularization,
+            alpha: a.alpha,
+            half_life_days: a.half_life_days,
+            ..TrainParams::default()
+        },
+        tune: a
+            .tune_budget
+            .map(|budget_seconds| TuneRequest { budget_seconds }),
+    })
+}
+
+/// Runs the retrain pipeline with a progress bar on stderr.
+pub(crate) async fn retrain_now(stores: &Stores, request: RetrainRequest) -> Result<Outcome> {
+    let bar = Arc::new(bar(Some(1), "iterations"));
+    let b = Arc::clone(&bar);
+    let progress = Arc::new(move |p: Progress| match p {
+        Progress::Step(step) => {
+            b.set_message(step.doing());
+            b.set_length(1);
+            b.set_position(0);
+        }
+        Progress::Iteration { n, of, .. } => {
+            b.set_length(of as u64);
+            b.set_position(n as u64);
+        }
+    });
+    let deps =
+        RetrainDeps::new(stores.clone(), RetrainSettings::from_env()?).with_progress(progress);
+    let outcome = retrain::run_once(&deps, request).await;
     bar.finish_and_clear();
-    Ok(model)
+    Ok(outcome?)
 }
 
-/// Stores the artifact, registers the version and makes it live (no gate yet).
-async fn save(
-    stores: &Stores,
-    tenant: &TenantId,
-    model: &Model,
-    out: Option<PathBuf>,
-) -> Result<String> {
-    if let Some(path) = out {
-        model
-            .save(&path)
-            .with_context(|| format!("write {}", path.display()))?;
-    }
-    let version = training::publish(stores, tenant, model, serde_json::json!({})).await?;
-    Ok(version.artifact_key.as_str().to_owned())
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    t.set_header(header.to_vec());
+    t
 }
 
-fn report(model: &Model, key: &str, json: bool) -> Result<()> {
-    let m = &model.manifest;
+fn f4(x: f64) -> String {
+    format!("{x:.4}")
+}
+
+fn print_outcome(o: &Outcome, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"model_version": m.model_version, "artifact": key, "counts": m.counts, "data_watermark": m.data_watermark})
-        );
+        println!("{}", serde_json::to_string(o)?);
+        return Ok(());
+    }
+    let what = if o.replayed {
+        "job already finished"
+    } else if o.resumed {
+        "job resumed"
+    } else {
+        "retrained"
+    };
+    println!(
+        "{what}: version {} {} ({} purchases, {} customers, {} items)",
+        o.version,
+        o.verdict.as_str(),
+        o.counts.purchases,
+        o.counts.customers,
+        o.counts.items
+    );
+    println!("gate: {}", o.reason);
+    let e = &o.evaluation;
+    let k = e.k;
+    let mut t = table(&[
+        "model",
+        &format!("recall@{k}"),
+        &format!("NDCG@{k}"),
+        &format!("hit rate@{k}"),
+        "coverage",
+    ]);
+    let mut row = |name: String, m: &affinity_model::eval::Metrics| {
+        t.add_row(vec![
+            name,
+            f4(m.recall),
+            f4(m.ndcg),
+            f4(m.hit_rate),
+            f4(m.coverage),
+        ]);
+    };
+    row(format!("candidate {}", o.version), &e.candidate);
+    if let Some(l) = &e.live {
+        row(format!("live {}", l.version), &l.metrics);
+    }
+    row("popularity".into(), &e.popularity);
+    if e.customers == 0 {
+        println!("holdout: no customers to evaluate on");
+    } else {
+        println!("holdout: {} customers\n{t}", e.customers);
+    }
+    match &o.live {
+        Some(v) => println!("live now: {v}"),
+        None => println!("no model is live"),
+    }
+    if !o.timings.is_empty() {
+        let steps: Vec<String> = o
+            .timings
+            .iter()
+            .map(|s| format!("{} {:.2}s", s.step, s.seconds))
+            .collect();
+        println!("steps: {}", steps.join(", "));
+    }
+    Ok(())
+}
+
+async fn models(stores: &Stores, tenant: &TenantId, cmd: ModelsCmd, json: bool) -> Result<()> {
+    match cmd {
+        ModelsCmd::List { limit } => {
+            let reg = versions::list(stores, tenant, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string(&reg)?);
+                return Ok(());
+            }
+            if reg.versions.is_empty() {
+                println!("no model versions yet: run `affinity train`");
+                return Ok(());
+            }
+            let mut t = table(&[
+                "version",
+                "status",
+                "created",
+                "recall@10",
+                "NDCG@10",
+                "vs live",
+                "popularity",
+                "purchases",
+                "reason",
+            ]);
+            for v in &reg.versions {
+                let e = &v.entry;
+                let m = VersionMetrics::of(e).ok();
+                let status = if v.live {
+                    "live *".to_owned()
+                } else {
+                    e.status.as_str().to_owned()
+                };
+                let metric = |f: fn(&VersionMetrics) -> Option<String>| {
+                    m.as_ref().and_then(f).unwrap_or_else(|| "-".into())
+                };
+                t.add_row(vec![
+                    e.version.to_string(),
+                    status,
+                    e.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                    metric(|m| Some(f4(m.evaluation.candidate.recall))),
+                    metric(|m| Some(f4(m.evaluation.candidate.ndcg))),
+                    metric(|m| {
+                        m.evaluation
+                            .live
+                            .as_ref()
+                            .map(|l| format!("{} / {}", f4(l.metrics.recall), f4(l.metrics.ndcg)))
+                    }),
+                    metric(|m| Some(f4(m.evaluation.popularity.recall))),
+                    e.data_counts.purchases.to_string(),
+                    clip(e.reason.as_deref().unwrap_or(""), 70),
+                ]);
+            }
+            println!("{t}");
+        }
+        ModelsCmd::Show { version } => {
+            let v = versions::show(stores, tenant, &ModelVersionId::parse(version)?).await?;
+            if json {
+                println!("{}", serde_json::to_string(&v)?);
+                return Ok(());
+            }
+            let e = &v.entry;
+            let mut t = table(&["field", "value"]);
+            t.add_row(vec!["version".into(), e.version.to_string()]);
+            t.add_row(vec![
+                "status".into(),
+                if v.live {
+                    "live (serving now)".to_owned()
+                } else {
+                    e.status.as_str().to_owned()
+                },
+            ]);
+            t.add_row(vec!["created".into(), e.created_at.to_rfc3339()]);
+            t.add_row(vec!["artifact".into(), e.artifact_key.to_string()]);
+            t.add_row(vec!["sha256".into(), e.checksum.clone()]);
+            t.add_row(vec![
+                "data".into(),
+                format!(
+                    "{} purchases, {} customers, {} items",
+                    e.data_counts.purchases, e.data_counts.customers, e.data_counts.items
+                ),
+            ]);
+            if let Ok(p) = serde_json::from_value::<VersionParams>(e.params.clone()) {
+                let a = &p.config.als;
+                t.add_row(vec!["job".into(), p.job_id.clone()]);
+                t.add_row(vec![
+                    "parameters".into(),
+                    format!(
+                        "{} factors, {} iterations, regularization {}, alpha {}, half-life {}",
+                        a.factors,
+                        a.iterations,
+                        a.regularization,
+                        a.alpha,
+                        p.config
+                            .weighting
+                            .half_life_days
+                            .map_or("none".into(), |d| format!("{d} days"))
+                    ),
+                ]);
+                if let Some(tu) = &p.tuning {
+                    t.add_row(vec![
+                        "tuning".into(),
+                        format!("{} configurations in {:.1}s", tu.tried, tu.seconds),
+                    ]);
+                }
+            }
+            if let Ok(m) = VersionMetrics::of(e) {
+                let ev = &m.evaluation;
+                let line = |x: &affinity_model::eval::Metrics| {
+                    format!(
+                        "recall {} NDCG {} hit rate {} coverage {}",
+                        f4(x.recall),
+                        f4(x.ndcg),
+                        f4(x.hit_rate),
+                        f4(x.coverage)
+                    )
+                };
+                t.add_row(vec![
+                    "holdout".into(),
+                    format!("{} customers, {:?}, k = {}", ev.customers, ev.holdout, ev.k),
+                ]);
+                t.add_row(vec!["candidate".into(), line(&ev.candidate)]);
+                if let Some(l) = &ev.live {
+                    t.add_row(vec![format!("live {}", l.version), line(&l.metrics)]);
+                }
+                t.add_row(vec!["popularity".into(), line(&ev.popularity)]);
+                t.add_row(vec![
+                    "gate".into(),
+                    format!(
+                        "{}{} (tolerance {}%)",
+                        m.gate.verdict.as_str(),
+                        if m.gate.forced {
+                            ", force requested"
+                        } else {
+                            ""
+                        },
+                        m.gate.tolerance * 100.0
+                    ),
+                ]);
+            }
+            t.add_row(vec!["reason".into(), e.reason.clone().unwrap_or_default()]);
+            println!("{t}");
+        }
+        ModelsCmd::Promote { version, force } => {
+            let p =
+                versions::promote(stores, tenant, &ModelVersionId::parse(version)?, force).await?;
+            print_pointer("promoted", &p, json)?;
+        }
+        ModelsCmd::Rollback => {
+            let p = versions::rollback(stores, tenant).await?;
+            print_pointer("rolled back", &p, json)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_pointer(what: &str, p: &affinity_store::LivePointer, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(p)?);
     } else {
         println!(
-            "trained {}: {} customers x {} items ({} purchases), {} factors; artifact {key}",
-            m.model_version,
-            m.counts.customers,
-            m.counts.items,
-            m.counts.purchases,
-            model.factors()
+            "{what}: {} is live (previous: {})",
+            p.version,
+            p.previous.as_ref().map_or("none", |v| v.as_str())
         );
     }
     Ok(())
+}
+
+fn print_job(job: &JobRecord, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(job)?);
+        return Ok(());
+    }
+    let mut t = table(&["field", "value"]);
+    t.add_row(vec!["job".into(), job.job_id.to_string()]);
+    t.add_row(vec!["status".into(), job.status.as_str().to_owned()]);
+    t.add_row(vec!["started".into(), job.started_at.to_rfc3339()]);
+    t.add_row(vec![
+        "finished".into(),
+        job.finished_at.map_or("-".into(), |f| f.to_rfc3339()),
+    ]);
+    t.add_row(vec![
+        "message".into(),
+        job.message.clone().unwrap_or_default(),
+    ]);
+    println!("{t}");
+    Ok(())
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(n - 1).collect();
+    out.push('…');
+    out
 }
 
 async fn show_examples(

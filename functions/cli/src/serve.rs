@@ -22,11 +22,18 @@ pub async fn run(
     }
     if with_demo {
         let shop = populate(&stores, tenant).await?;
-        let model = crate::train(&stores, tenant).await?;
-        let version =
-            affinity_service::training::publish(&stores, tenant, &model, serde_json::json!({}))
-                .await
-                .context("publish the demo model")?;
+        let outcome = crate::retrain_now(
+            &stores,
+            affinity_service::retrain::RetrainRequest::new(tenant.clone()),
+        )
+        .await
+        .context("train the demo model")?;
+        let live = outcome.live.clone().with_context(|| {
+            format!(
+                "the demo model was not promoted: {} (see `affinity models list`)",
+                outcome.reason
+            )
+        })?;
         let scopes = [
             Scope::Recommend,
             Scope::Offers,
@@ -44,7 +51,7 @@ pub async fn run(
             .create_key(&key.record)
             .await
             .context("store the development key")?;
-        print_examples(&settings.addr, &key.secret, &shop, version.version.as_str());
+        print_examples(&settings.addr, &key.secret, &shop, live.as_str());
     }
     telemetry::init(&settings);
     let state = AppState::new(stores, &settings);

@@ -52,6 +52,62 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Another retrain of the tenant holds the lock: single flight (HTTP 409).
+    #[error(
+        "a retrain of tenant `{tenant}` is already running (lock held by {holder} until {until}); try again when it has finished"
+    )]
+    RetrainRunning {
+        /// Tenant whose lock is held.
+        tenant: String,
+        /// Owner string of the running job.
+        holder: String,
+        /// When its lease runs out if it stops renewing it.
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// The retrain lock was lost mid-run (lease expired and taken over); nothing was promoted.
+    #[error("the retrain lock of tenant `{tenant}` was lost before {step}; nothing was promoted")]
+    LockLost {
+        /// Tenant whose lock was lost.
+        tenant: String,
+        /// The step that noticed.
+        step: &'static str,
+    },
+    /// A state change was refused because the state moved meanwhile (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A named thing (model version, job) does not exist (HTTP 404).
+    #[error("{what} not found: {key}")]
+    NotFound {
+        /// Kind of thing.
+        what: &'static str,
+        /// Its key.
+        key: String,
+    },
+    /// A request parameter was refused (HTTP 400).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The parameter's name.
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A failure injected by a test at a pipeline step; `crash` ones skip all cleanup, as
+    /// a killed process would.
+    #[error("injected failure at step `{step}`{}", if *crash { " (simulated crash)" } else { "" })]
+    Injected {
+        /// The step.
+        step: &'static str,
+        /// True to behave like a killed process.
+        crash: bool,
+    },
+    /// A background (blocking) task panicked or was cancelled.
+    #[error("{step}: background task failed: {message}")]
+    Task {
+        /// What the task was doing.
+        step: &'static str,
+        /// The join error.
+        message: String,
+    },
 }
 
 impl Error {
@@ -313,9 +369,20 @@ impl From<Error> for ApiError {
                 other => other,
             },
             Error::NoModel { .. } => ApiError::NoModel,
-            e @ (Error::Model { .. } | Error::Setting { .. } | Error::Runtime { .. }) => {
-                ApiError::Internal(e.to_string())
+            e @ (Error::RetrainRunning { .. } | Error::LockLost { .. }) => {
+                ApiError::Conflict(e.to_string())
             }
+            Error::Conflict(message) => ApiError::Conflict(message),
+            Error::NotFound { what, key } => ApiError::not_found(what, &key),
+            Error::Invalid { field, reason } => ApiError::InvalidField {
+                field,
+                message: reason,
+            },
+            e @ (Error::Model { .. }
+            | Error::Setting { .. }
+            | Error::Runtime { .. }
+            | Error::Injected { .. }
+            | Error::Task { .. }) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -6,8 +6,10 @@
 //! OpenAPI description), [`error::ApiError`] (the one status mapping), [`loader::ModelCache`]
 //! (per-tenant live model in an arc-swap, re-checked against the registry's pointer),
 //! [`answers`] (the storefront queries with filters, fallbacks and reasons) and
-//! [`host::serve`] (Lambda or TCP). [`training`] reads a tenant's purchases and trains and
-//! publishes a model; [`demo`] fills a store with a seeded, realistic demo shop.
+//! [`host::serve`] (Lambda or TCP). [`training`] reads a tenant's purchases and trains a
+//! model; [`retrain`] is the retrain pipeline (lock, scan, fit, evaluate, gate, artifact,
+//! registry, pointer flip) and the model-version operations; [`demo`] fills a store with a
+//! seeded, realistic demo shop.
 //!
 //! Request flow: host -> router -> [`auth::Caller`] (bearer key, scopes) -> validated
 //! extractors ([`extract`]) -> handler -> live model + store (history, catalog snapshot) ->
@@ -22,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod host;
 pub mod loader;
+pub mod retrain;
 pub mod routes;
 pub mod settings;
 pub mod state;

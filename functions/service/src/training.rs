@@ -2,14 +2,16 @@
 //! half of the retrain pipeline, shared by the CLI and (later) the retrain function.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use affinity_model::interactions::{Event, Interactions, InteractionsBuilder, Weighting};
 use affinity_model::model::{Model, Stage, TrainConfig, train};
 use affinity_store::{
-    BlobKey, ModelStatus, ModelVersion, ModelVersionId, RecordStore, Stores, TenantId,
+    BlobKey, ModelStatus, ModelVersion, ModelVersionId, PurchaseRow, RecordStore, Stores, TenantId,
+    Watermark,
 };
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 /// Segments of the parallel training scan.
 pub const SCAN_SEGMENTS: u32 = 4;
@@ -22,17 +24,20 @@ pub struct TrainingData {
     pub categories: HashMap<String, String>,
 }
 
-/// Scans every purchase of `tenant` and the catalog; catalog items nobody bought yet
-/// still get an index so popularity and filters know them.
-pub async fn load(
-    store: &dyn RecordStore,
-    tenant: &TenantId,
-    weighting: &Weighting,
-) -> Result<TrainingData> {
-    let scan = store
-        .scan_purchases(tenant, SCAN_SEGMENTS)
-        .await
-        .step("scan purchases")?;
+/// Purchases read but not yet compressed: the scan step's result.
+pub struct Scanned {
+    /// Every purchase as an event, plus every catalog item pre-registered.
+    pub builder: InteractionsBuilder,
+    /// Item id to category name, from the catalog.
+    pub categories: HashMap<String, String>,
+    /// Count and newest time of the purchases read.
+    pub watermark: Watermark,
+}
+
+/// Streams every purchase of `tenant` into an interactions builder (never holding the raw
+/// rows: a large shop's history does not fit in memory as records) and reads the catalog;
+/// catalog items nobody bought yet still get an index so popularity and filters know them.
+pub async fn scan(store: &dyn RecordStore, tenant: &TenantId, segments: u32) -> Result<Scanned> {
     let items = store.list_items(tenant).await.step("list catalog items")?;
     let mut b = InteractionsBuilder::new();
     let mut categories = HashMap::with_capacity(items.len());
@@ -42,19 +47,65 @@ pub async fn load(
             categories.insert(it.item_id.as_str().to_owned(), c.as_str().to_owned());
         }
     }
-    for p in &scan.purchases {
-        b.push(Event {
-            customer: p.customer_id.as_str(),
-            item: p.item_id.as_str(),
-            quantity: p.quantity.get() as f32,
-            at: p.purchased_at.timestamp(),
-        })
-        .step("build interactions")?;
+    drop(items);
+    let shared = Arc::new(Mutex::new((b, None::<affinity_model::Error>)));
+    let sink = Arc::clone(&shared);
+    let watermark = store
+        .stream_purchases(
+            tenant,
+            segments,
+            Box::new(move |r: PurchaseRow<'_>| {
+                // Uncontended: only the backend's reader thread takes it.
+                let mut guard = sink.lock().unwrap_or_else(|p| p.into_inner());
+                let (b, failed) = &mut *guard;
+                if failed.is_some() {
+                    return;
+                }
+                if let Err(e) = b.push(Event {
+                    customer: r.customer_id,
+                    item: r.item_id,
+                    quantity: r.quantity as f32,
+                    at: r.purchased_at_ms.div_euclid(1000),
+                }) {
+                    *failed = Some(e);
+                }
+            }),
+        )
+        .await
+        .step("scan purchases")?;
+    let (builder, failed) = match Arc::try_unwrap(shared) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => {
+            return Err(Error::Task {
+                step: "scan purchases",
+                message: "the store kept the row sink after the scan".into(),
+            });
+        }
+    };
+    if let Some(e) = failed {
+        return Err(e).step("build interactions");
     }
-    let interactions = b.build(weighting).step("build interactions")?;
+    Ok(Scanned {
+        builder,
+        categories,
+        watermark,
+    })
+}
+
+/// Scans every purchase of `tenant` and the catalog and builds the interactions.
+pub async fn load(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    weighting: &Weighting,
+) -> Result<TrainingData> {
+    let scanned = scan(store, tenant, SCAN_SEGMENTS).await?;
+    let interactions = scanned
+        .builder
+        .build(weighting)
+        .step("build interactions")?;
     Ok(TrainingData {
         interactions,
-        categories,
+        categories: scanned.categories,
     })
 }
 

@@ -25,7 +25,8 @@ use crate::traits::{
 use crate::types::{
     ApiKeyRecord, CatalogItem, CustomerRecord, DeletionCounts, JobRecord, JobStart, KeyHash,
     LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
-    PurchaseScan, UpsertOutcome, WriteOutcome, from_millis, normalize_time, to_millis,
+    PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome, from_millis,
+    normalize_time, to_millis,
 };
 
 const BACKEND: &str = "sqlite";
@@ -480,6 +481,70 @@ impl PurchaseStore for SqliteStore {
         })
         .await
     }
+
+    async fn stream_purchases(
+        &self,
+        tenant: &TenantId,
+        _segments: u32,
+        mut sink: PurchaseSink,
+    ) -> Result<Watermark> {
+        let t = tenant.to_string();
+        let Some(path) = self.path.clone() else {
+            return self
+                .call("stream_purchases", move |conn| {
+                    stream_rows(conn, &t, &mut sink)
+                })
+                .await;
+        };
+        // A file store scans through a connection of its own: WAL keeps that read
+        // consistent while other calls (lock renewals, ingestion) go on meanwhile.
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sql_err("open scan connection"))?;
+            conn.busy_timeout(Duration::from_secs(10))
+                .map_err(sql_err("busy_timeout"))?;
+            stream_rows(&conn, &t, &mut sink)
+        })
+        .await
+        .map_err(|e| Error::backend(BACKEND, "stream_purchases", e))?
+    }
+}
+
+/// Streams `(customer, item, quantity, time)` of a tenant's purchases into `sink`.
+fn stream_rows(conn: &Connection, tenant: &str, sink: &mut PurchaseSink) -> Result<Watermark> {
+    const OP: &str = "stream_purchases";
+    let mut st = conn
+        .prepare(
+            "SELECT customer_id, item_id, quantity, purchased_at_ms FROM purchases WHERE tenant = ?1",
+        )
+        .map_err(sql_err(OP))?;
+    let mut rows = st.query(params![tenant]).map_err(sql_err(OP))?;
+    let (mut count, mut max_ms) = (0u64, None::<i64>);
+    fn text(v: rusqlite::types::ValueRef<'_>) -> Result<&str> {
+        v.as_str().map_err(|e| Error::backend(BACKEND, OP, e))
+    }
+    while let Some(r) = rows.next().map_err(sql_err(OP))? {
+        let customer_id = text(r.get_ref(0).map_err(sql_err(OP))?)?;
+        let item_id = text(r.get_ref(1).map_err(sql_err(OP))?)?;
+        let quantity: u32 = r.get(2).map_err(sql_err(OP))?;
+        let purchased_at_ms: i64 = r.get(3).map_err(sql_err(OP))?;
+        sink(PurchaseRow {
+            customer_id,
+            item_id,
+            quantity,
+            purchased_at_ms,
+        });
+        count += 1;
+        max_ms = Some(max_ms.map_or(purchased_at_ms, |m| m.max(purchased_at_ms)));
+    }
+    Ok(Watermark {
+        count,
+        max_purchased_at: max_ms.map(from_millis).transpose()?,
+    })
 }
 
 #[async_trait]

@@ -15,7 +15,7 @@ use crate::ids::{
 use crate::types::{
     ApiKeyRecord, BlobMeta, CatalogItem, CustomerRecord, DeletionCounts, JobRecord, JobStart,
     KeyHash, LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
-    PurchaseScan, UpsertOutcome, WriteOutcome,
+    PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome,
 };
 
 /// Purchase history: the training data and the fold-in input.
@@ -51,6 +51,22 @@ pub trait PurchaseStore: Send + Sync {
     /// Every purchase of the tenant with a watermark; `segments` parallel readers where the
     /// backend supports it (DynamoDB parallel scan), ignored otherwise.
     async fn scan_purchases(&self, tenant: &TenantId, segments: u32) -> Result<PurchaseScan>;
+
+    /// Every purchase of the tenant handed to `sink` row by row, without holding the whole
+    /// history in memory (the retrain scan of a large shop); returns the watermark.
+    /// `segments` as for `scan_purchases`. The default replays `scan_purchases`.
+    async fn stream_purchases(
+        &self,
+        tenant: &TenantId,
+        segments: u32,
+        mut sink: PurchaseSink,
+    ) -> Result<Watermark> {
+        let scan = self.scan_purchases(tenant, segments).await?;
+        for p in &scan.purchases {
+            sink(PurchaseRow::of(p));
+        }
+        Ok(scan.watermark)
+    }
 }
 
 /// Catalog items: filters (category, in stock) and new-arrival audiences need them.

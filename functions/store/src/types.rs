@@ -197,6 +197,35 @@ pub struct PurchaseScan {
     pub watermark: Watermark,
 }
 
+/// One purchase as the streaming training scan hands it over: borrowed ids and nothing
+/// allocated per row, because a large shop's history does not fit in memory as `Purchase`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseRow<'a> {
+    /// Who bought.
+    pub customer_id: &'a str,
+    /// What was bought.
+    pub item_id: &'a str,
+    /// Units (at least one).
+    pub quantity: u32,
+    /// When, in Unix milliseconds.
+    pub purchased_at_ms: i64,
+}
+
+impl<'a> PurchaseRow<'a> {
+    /// The streamed view of a stored purchase.
+    pub fn of(p: &'a Purchase) -> Self {
+        Self {
+            customer_id: p.customer_id.as_str(),
+            item_id: p.item_id.as_str(),
+            quantity: p.quantity.get(),
+            purchased_at_ms: to_millis(p.purchased_at),
+        }
+    }
+}
+
+/// Receives the streaming scan's rows, on whichever thread the backend reads them.
+pub type PurchaseSink = Box<dyn FnMut(PurchaseRow<'_>) + Send>;
+
 /// How many records a privacy deletion removed, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionCounts {

@@ -23,7 +23,8 @@ use crate::traits::{
 use crate::types::{
     ApiKeyRecord, CatalogItem, CustomerRecord, DeletionCounts, JobRecord, JobStart, KeyHash,
     LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
-    PurchaseScan, UpsertOutcome, WriteOutcome, normalize_time, to_millis,
+    PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome,
+    normalize_time, to_millis,
 };
 
 /// A Query, described as data so the paging loop can rebuild it.
@@ -307,52 +308,101 @@ impl PurchaseStore for DynamoStore {
     }
 
     async fn scan_purchases(&self, tenant: &TenantId, segments: u32) -> Result<PurchaseScan> {
-        let total = i32::try_from(segments.clamp(1, 64)).unwrap_or(1);
-        let mut set = JoinSet::new();
-        for segment in 0..total {
-            let inner = Arc::clone(&self.inner);
-            let tenant = tenant.clone();
-            set.spawn(async move {
-                let name = inner.table(TableId::Purchases).to_string();
-                let mut out = Vec::new();
-                let mut start: Option<Item> = None;
-                loop {
-                    let res = inner
-                        .send("Scan", || {
-                            inner
-                                .client
-                                .scan()
-                                .table_name(&name)
-                                .segment(segment)
-                                .total_segments(total)
-                                .filter_expression("#t = :t")
-                                .expression_attribute_names("#t", TENANT)
-                                .expression_attribute_values(":t", s(tenant.as_str()))
-                                .set_exclusive_start_key(start.clone())
-                                .send()
-                        })
-                        .await?
-                        .map_err(|e| svc_err("Scan", e))?;
-                    for item in res.items() {
-                        out.push(codec::purchase_from(item)?);
-                    }
-                    match res.last_evaluated_key() {
-                        Some(k) if !k.is_empty() => start = Some(k.clone()),
-                        _ => break,
-                    }
-                }
-                Ok::<_, Error>(out)
-            });
-        }
         let mut scan = PurchaseScan::default();
-        while let Some(res) = set.join_next().await {
-            for p in res.map_err(|e| Error::backend(BACKEND, "Scan", e))?? {
+        scan_pages(&self.inner, tenant, segments, |page| {
+            for p in page {
                 scan.watermark.observe(&p);
                 scan.purchases.push(p);
             }
-        }
+        })
+        .await?;
         Ok(scan)
     }
+
+    async fn stream_purchases(
+        &self,
+        tenant: &TenantId,
+        segments: u32,
+        mut sink: PurchaseSink,
+    ) -> Result<Watermark> {
+        let mut watermark = Watermark::default();
+        scan_pages(&self.inner, tenant, segments, |page| {
+            for p in &page {
+                watermark.observe(p);
+                sink(PurchaseRow::of(p));
+            }
+        })
+        .await?;
+        Ok(watermark)
+    }
+}
+
+/// Pages of decoded purchases queued between the segment readers and the consumer: enough
+/// to keep every reader busy, few enough that memory stays bounded by the consumer.
+const SCAN_QUEUE_PAGES: usize = 16;
+
+/// Parallel scan of a tenant's purchases: `segments` readers page through the table and
+/// hand each decoded page to `consume` as it arrives, so memory holds a few pages, not the
+/// whole history.
+async fn scan_pages(
+    inner: &Arc<Inner>,
+    tenant: &TenantId,
+    segments: u32,
+    mut consume: impl FnMut(Vec<Purchase>),
+) -> Result<()> {
+    let total = i32::try_from(segments.clamp(1, 64)).unwrap_or(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Purchase>>(SCAN_QUEUE_PAGES);
+    let mut set = JoinSet::new();
+    for segment in 0..total {
+        let inner = Arc::clone(inner);
+        let tenant = tenant.clone();
+        let tx = tx.clone();
+        set.spawn(async move {
+            let name = inner.table(TableId::Purchases).to_string();
+            let mut start: Option<Item> = None;
+            loop {
+                let res = inner
+                    .send("Scan", || {
+                        inner
+                            .client
+                            .scan()
+                            .table_name(&name)
+                            .segment(segment)
+                            .total_segments(total)
+                            .filter_expression("#t = :t")
+                            .expression_attribute_names("#t", TENANT)
+                            .expression_attribute_values(":t", s(tenant.as_str()))
+                            .set_exclusive_start_key(start.clone())
+                            .send()
+                    })
+                    .await?
+                    .map_err(|e| svc_err("Scan", e))?;
+                let page = res
+                    .items()
+                    .iter()
+                    .map(codec::purchase_from)
+                    .collect::<Result<Vec<_>>>()?;
+                if !page.is_empty() && tx.send(page).await.is_err() {
+                    // The consumer stopped (an error elsewhere): nothing left to read for.
+                    break;
+                }
+                match res.last_evaluated_key() {
+                    Some(k) if !k.is_empty() => start = Some(k.clone()),
+                    _ => break,
+                }
+            }
+            Ok::<_, Error>(())
+        });
+    }
+    drop(tx);
+    while let Some(page) = rx.recv().await {
+        consume(page);
+    }
+    // Every sender is gone, so every reader has finished: collect their results.
+    while let Some(res) = set.join_next().await {
+        res.map_err(|e| Error::backend(BACKEND, "Scan", e))??;
+    }
+    Ok(())
 }
 
 /// Upsert by BatchWriteItem: last row wins for repeated ids (a batch may not repeat a key).

@@ -260,9 +260,52 @@ pub async fn training_scan_returns_every_purchase_of_the_tenant(h: &Harness) {
         let mut got = scan.purchases.clone();
         got.sort_by_key(|p| p.purchased_at);
         assert_eq!(got, rows_a);
+        // The streaming scan sees the same rows and the same watermark.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_seen = Arc::clone(&seen);
+        let watermark = s
+            .stream_purchases(
+                &a,
+                segments,
+                Box::new(move |r: PurchaseRow<'_>| {
+                    sink_seen.lock().unwrap().push((
+                        r.customer_id.to_owned(),
+                        r.item_id.to_owned(),
+                        r.quantity,
+                        r.purchased_at_ms,
+                    ))
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(watermark, scan.watermark);
+        let mut streamed = seen.lock().unwrap().clone();
+        streamed.sort_by_key(|r| r.3);
+        let expected: Vec<_> = rows_a
+            .iter()
+            .map(|p| {
+                let r = PurchaseRow::of(p);
+                (
+                    r.customer_id.to_owned(),
+                    r.item_id.to_owned(),
+                    r.quantity,
+                    r.purchased_at_ms,
+                )
+            })
+            .collect();
+        assert_eq!(streamed, expected);
     }
     let empty = s.scan_purchases(&tenant("shop-c"), 2).await.unwrap();
     assert_eq!(empty.watermark, Watermark::default());
+    let none = s
+        .stream_purchases(
+            &tenant("shop-c"),
+            2,
+            Box::new(|_| panic!("no rows expected")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, Watermark::default());
 }
 
 pub async fn tenants_are_isolated(h: &Harness) {
