@@ -73,6 +73,9 @@ pub struct BgNbdFit {
     pub customers: usize,
     /// Optimiser iterations.
     pub iterations: u64,
+    /// Some parameter ran off to infinity (typically `a, b`: the data show no dropout, and
+    /// the fit is the limiting model); predictions remain valid.
+    pub at_boundary: bool,
 }
 
 /// Log-likelihood of one customer and its gradient in (r, alpha, a, b), unscaled.
@@ -133,11 +136,10 @@ impl BgNbdParams {
     }
 
     /// Expected repeat purchases in the next `t` time units given the history (FHL 2005,
-    /// eq. 10). The Gauss hypergeometric term is taken in its Euler-transformed form
-    /// `2F1(a+b-1-r, a-1; a+b+x-1; z) (1-z)^(a-1)`, whose series converges fast even for
-    /// heavy buyers (lifetimes switches to the same form when the direct one overflows).
-    /// `None` where the formula has no finite value in this form (`a = 1` exactly, or
-    /// `a + b + x <= 1`).
+    /// eq. 10). Like lifetimes, the Gauss hypergeometric term is summed in its direct form
+    /// `2F1(r+x, b+x; a+b+x-1; z)` and, when that overflows or does not settle, in the
+    /// Euler-transformed `2F1(a+b-1-r, a-1; a+b+x-1; z) (1-z)^(a-1-r-x)`. `None` where the
+    /// formula has no finite value this way (`a = 1` exactly, or `a + b + x <= 1`).
     pub fn expected_purchases(&self, t: f64, c: &Rft) -> Option<f64> {
         if t <= 0.0 {
             return Some(0.0);
@@ -149,8 +151,16 @@ impl BgNbdParams {
             return None;
         }
         let z = t / (alpha + c.t + t);
-        let f = hyp2f1(a + b - 1.0 - r, a - 1.0, cc, z)?;
-        let second = 1.0 - f * (1.0 - z).powf(a - 1.0);
+        let ln1z = (1.0 - z).ln();
+        // ln of 2F1(..) (1-z)^(r+x), the quantity both forms give.
+        let ln_term = match hyp2f1(r + x, b + x, cc, z).filter(|f| *f > 0.0) {
+            Some(f) => f.ln() + (r + x) * ln1z,
+            None => {
+                let f = hyp2f1(a + b - 1.0 - r, a - 1.0, cc, z).filter(|f| *f > 0.0)?;
+                f.ln() + (a - 1.0) * ln1z
+            }
+        };
+        let second = -ln_term.exp_m1();
         let first = cc / (a - 1.0);
         let denom = if c.frequency > 0 {
             1.0 + (a / (b + x - 1.0)) * ((alpha + c.t) / (alpha + c.recency)).powf(r + x)
@@ -254,6 +264,7 @@ pub fn fit(customers: &[Rft]) -> Result<BgNbdFit> {
         mean_log_likelihood: ll / n,
         customers: customers.len(),
         iterations: m.iterations,
+        at_boundary: m.boundary,
     })
 }
 
@@ -279,9 +290,21 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let cases = [
-            Rft { frequency: 0, recency: 0.0, t: 30.0 },
-            Rft { frequency: 3, recency: 20.5, t: 38.0 },
-            Rft { frequency: 25, recency: 37.0, t: 38.0 },
+            Rft {
+                frequency: 0,
+                recency: 0.0,
+                t: 30.0,
+            },
+            Rft {
+                frequency: 3,
+                recency: 20.5,
+                t: 38.0,
+            },
+            Rft {
+                frequency: 25,
+                recency: 37.0,
+                t: 38.0,
+            },
         ];
         let p = [0.3, 5.0, 0.8, 2.5];
         for c in &cases {
@@ -297,7 +320,11 @@ mod tests {
                 let fd = (ll_and_grad(up[0], up[1], up[2], up[3], c, &mut tmp)
                     - ll_and_grad(dn[0], dn[1], dn[2], dn[3], c, &mut tmp))
                     / (2.0 * h);
-                assert!((fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()), "{c:?} k={k} fd={fd} g={}", g[k]);
+                assert!(
+                    (fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{c:?} k={k} fd={fd} g={}",
+                    g[k]
+                );
             }
         }
     }
@@ -305,20 +332,38 @@ mod tests {
     #[test]
     fn p_alive_known_values_and_properties() {
         // P(alive) for x = 0 is 1 by construction of the model.
-        assert_eq!(CDNOW.p_alive(&Rft { frequency: 0, recency: 0.0, t: 38.0 }), 1.0);
+        assert_eq!(
+            CDNOW.p_alive(&Rft {
+                frequency: 0,
+                recency: 0.0,
+                t: 38.0
+            }),
+            1.0
+        );
         // Customer 1 of CDNOW (x=2, t_x=30.43, T=38.86); lifetimes 0.11.3 gives 0.72660914.
-        let p = CDNOW.p_alive(&Rft { frequency: 2, recency: 30.43, t: 38.86 });
+        let p = CDNOW.p_alive(&Rft {
+            frequency: 2,
+            recency: 30.43,
+            t: 38.86,
+        });
         assert!(close(p, 0.726_609_14, 1e-7), "{p}");
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..500 {
             let t: f64 = rng.random_range(1.0..80.0);
             let tx = rng.random_range(0.0..t);
             let x = rng.random_range(1..30u32);
-            let c = Rft { frequency: x, recency: tx, t };
+            let c = Rft {
+                frequency: x,
+                recency: tx,
+                t,
+            };
             let p = CDNOW.p_alive(&c);
             assert!((0.0..=1.0).contains(&p));
             // More recent last purchase -> more likely alive.
-            let later = Rft { recency: (tx + 0.5).min(t), ..c };
+            let later = Rft {
+                recency: (tx + 0.5).min(t),
+                ..c
+            };
             assert!(CDNOW.p_alive(&later) >= p);
             // Longer silence since the last purchase -> less likely alive.
             let older = Rft { t: t + 1.0, ..c };
@@ -331,9 +376,33 @@ mod tests {
         // lifetimes 0.11.3's conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T)
         // and expected_number_of_purchases_up_to_time(t) with the CDNOW parameters.
         let cases = [
-            (1.0, Rft { frequency: 2, recency: 30.43, t: 38.86 }, 0.037_443_193_329_904_756),
-            (10.0, Rft { frequency: 0, recency: 0.0, t: 38.86 }, 0.054_210_097_331_347_56),
-            (39.0, Rft { frequency: 50, recency: 38.0, t: 38.86 }, 33.392_620_828_650_55),
+            (
+                1.0,
+                Rft {
+                    frequency: 2,
+                    recency: 30.43,
+                    t: 38.86,
+                },
+                0.037_443_193_329_904_756,
+            ),
+            (
+                10.0,
+                Rft {
+                    frequency: 0,
+                    recency: 0.0,
+                    t: 38.86,
+                },
+                0.054_210_097_331_347_56,
+            ),
+            (
+                39.0,
+                Rft {
+                    frequency: 50,
+                    recency: 38.0,
+                    t: 38.86,
+                },
+                33.392_620_828_650_55,
+            ),
         ];
         for (t, c, want) in cases {
             let e = CDNOW.expected_purchases(t, &c).unwrap();
@@ -342,7 +411,11 @@ mod tests {
         let e = CDNOW.expected_purchases_new(39.0).unwrap();
         assert!(close(e, 1.195_016_228_446_194_3, 1e-9), "{e}");
         // The unconditional form matches the conditional one for a brand-new customer.
-        let new = Rft { frequency: 0, recency: 0.0, t: 0.0 };
+        let new = Rft {
+            frequency: 0,
+            recency: 0.0,
+            t: 0.0,
+        };
         for t in [1.0, 10.0, 39.0, 200.0] {
             let a = CDNOW.expected_purchases(t, &new).unwrap();
             let b = CDNOW.expected_purchases_new(t).unwrap();
@@ -353,15 +426,26 @@ mod tests {
             let t: f64 = rng.random_range(1.0..80.0);
             let tx = rng.random_range(0.0..t);
             let x = rng.random_range(0..200u32);
-            let c = Rft { frequency: x, recency: if x == 0 { 0.0 } else { tx }, t };
+            let c = Rft {
+                frequency: x,
+                recency: if x == 0 { 0.0 } else { tx },
+                t,
+            };
             let e1 = CDNOW.expected_purchases(10.0, &c).unwrap();
             let e2 = CDNOW.expected_purchases(20.0, &c).unwrap();
             assert!(e1 >= 0.0 && e2 >= e1, "{c:?} {e1} {e2}");
             // More purchases in the same window -> more expected (alive and recent).
             if x > 0 {
-                let more = Rft { frequency: x + 1, recency: t, ..c };
+                let more = Rft {
+                    frequency: x + 1,
+                    recency: t,
+                    ..c
+                };
                 let same = Rft { recency: t, ..c };
-                assert!(CDNOW.expected_purchases(10.0, &more).unwrap() >= CDNOW.expected_purchases(10.0, &same).unwrap());
+                assert!(
+                    CDNOW.expected_purchases(10.0, &more).unwrap()
+                        >= CDNOW.expected_purchases(10.0, &same).unwrap()
+                );
             }
         }
     }
@@ -369,11 +453,20 @@ mod tests {
     /// Draws customers from the BG/NBD itself and checks the fit recovers the parameters.
     #[test]
     fn fit_recovers_simulated_parameters() {
-        let truth = BgNbdParams { r: 0.5, alpha: 6.0, a: 0.7, b: 3.0 };
+        let truth = BgNbdParams {
+            r: 0.5,
+            alpha: 6.0,
+            a: 0.7,
+            b: 3.0,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(42);
         let gamma = |rng: &mut ChaCha8Rng, shape: f64| -> f64 {
             // Marsaglia-Tsang with the shape < 1 boost.
-            let (d_shape, boost) = if shape < 1.0 { (shape + 1.0, true) } else { (shape, false) };
+            let (d_shape, boost) = if shape < 1.0 {
+                (shape + 1.0, true)
+            } else {
+                (shape, false)
+            };
             let d = d_shape - 1.0 / 3.0;
             let c = 1.0 / (9.0 * d).sqrt();
             let g = loop {
@@ -384,7 +477,11 @@ mod tests {
                     break d * v;
                 }
             };
-            if boost { g * rng.random::<f64>().powf(1.0 / shape) } else { g }
+            if boost {
+                g * rng.random::<f64>().powf(1.0 / shape)
+            } else {
+                g
+            }
         };
         let mut data = Vec::new();
         for _ in 0..8000 {
@@ -404,11 +501,20 @@ mod tests {
                     break;
                 }
             }
-            data.push(Rft { frequency: x, recency: last, t: t_obs });
+            data.push(Rft {
+                frequency: x,
+                recency: last,
+                t: t_obs,
+            });
         }
         let f = fit(&data).unwrap();
         let p = f.params;
-        for (got, want) in [(p.r, truth.r), (p.alpha, truth.alpha), (p.a, truth.a), (p.b, truth.b)] {
+        for (got, want) in [
+            (p.r, truth.r),
+            (p.alpha, truth.alpha),
+            (p.a, truth.a),
+            (p.b, truth.b),
+        ] {
             assert!(close(got, want, 0.25), "{p:?} vs {truth:?}");
         }
         // The optimum is a maximum: nudging any parameter lowers the likelihood.
@@ -416,7 +522,12 @@ mod tests {
         let best = ll(&p);
         for k in 0..4 {
             let mut q = p;
-            let v = match k { 0 => &mut q.r, 1 => &mut q.alpha, 2 => &mut q.a, _ => &mut q.b };
+            let v = match k {
+                0 => &mut q.r,
+                1 => &mut q.alpha,
+                2 => &mut q.a,
+                _ => &mut q.b,
+            };
             *v *= 1.01;
             assert!(ll(&q) < best);
         }
@@ -424,8 +535,22 @@ mod tests {
 
     #[test]
     fn fit_refuses_data_without_repeats() {
-        let data = vec![Rft { frequency: 0, recency: 0.0, t: 5.0 }; 10];
+        let data = vec![
+            Rft {
+                frequency: 0,
+                recency: 0.0,
+                t: 5.0
+            };
+            10
+        ];
         assert!(matches!(fit(&data), Err(Error::EmptyData(_))));
-        assert!(fit(&[Rft { frequency: 1, recency: 6.0, t: 5.0 }]).is_err());
+        assert!(
+            fit(&[Rft {
+                frequency: 1,
+                recency: 6.0,
+                t: 5.0
+            }])
+            .is_err()
+        );
     }
 }

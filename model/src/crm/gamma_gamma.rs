@@ -36,6 +36,8 @@ pub struct GammaGammaFit {
     pub customers: usize,
     /// Optimiser iterations.
     pub iterations: u64,
+    /// Some parameter ran off to infinity; the fit is the limiting model.
+    pub at_boundary: bool,
 }
 
 /// One customer's log-likelihood (lifetimes' form of note 025 eq. 1a) and its gradient.
@@ -45,8 +47,7 @@ fn ll_and_grad(p: f64, q: f64, v: f64, x: f64, m: f64, g: &mut [f64; 3]) -> f64 
     g[0] = x * (digamma(px + q) - digamma(px) + m.ln() + x.ln() - lxmv);
     g[1] = digamma(px + q) - digamma(q) + v.ln() - lxmv;
     g[2] = q / v - (px + q) / (x * m + v);
-    ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + (px - 1.0) * m.ln()
-        + px * x.ln()
+    ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + (px - 1.0) * m.ln() + px * x.ln()
         - (px + q) * lxmv
 }
 
@@ -67,7 +68,14 @@ impl GammaGammaParams {
     /// Log-likelihood of one repeat customer.
     pub fn log_likelihood(&self, frequency: u32, monetary_value: f64) -> f64 {
         let mut g = [0.0; 3];
-        ll_and_grad(self.p, self.q, self.v, frequency as f64, monetary_value, &mut g)
+        ll_and_grad(
+            self.p,
+            self.q,
+            self.v,
+            frequency as f64,
+            monetary_value,
+            &mut g,
+        )
     }
 }
 
@@ -121,6 +129,7 @@ pub fn fit(customers: &[(u32, f64)]) -> Result<GammaGammaFit> {
         mean_log_likelihood: -m.value,
         customers: rows.len(),
         iterations: m.iterations,
+        at_boundary: m.boundary,
     })
 }
 
@@ -188,8 +197,16 @@ mod tests {
         let e = CDNOW_GG.expected_average_value(0, 0.0).unwrap();
         assert!(close(e, 35.171_002_152_506_716, 1e-9), "{e}");
         // customer_lifetime_value(bgf, ..., time=12, discount_rate=0.01, freq="W"), customer 1
-        let c = Rft { frequency: 2, recency: 30.43, t: 38.86 };
-        let opts = ClvOptions { months: 12, monthly_discount: 0.01, periods_per_month: 4.345 };
+        let c = Rft {
+            frequency: 2,
+            recency: 30.43,
+            t: 38.86,
+        };
+        let opts = ClvOptions {
+            months: 12,
+            monthly_discount: 0.01,
+            periods_per_month: 4.345,
+        };
         let v = clv(&CDNOW_BG, &CDNOW_GG, &c, 22.35, &opts).unwrap();
         assert!(close(v, 36.278_495_763_627_29, 1e-7), "{v}");
     }
@@ -209,7 +226,11 @@ mod tests {
                 let fd = (ll_and_grad(up[0], up[1], up[2], x, m, &mut t)
                     - ll_and_grad(dn[0], dn[1], dn[2], x, m, &mut t))
                     / (2.0 * h);
-                assert!((fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()), "k={k} {fd} {}", g[k]);
+                assert!(
+                    (fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "k={k} {fd} {}",
+                    g[k]
+                );
             }
         }
     }
@@ -222,11 +243,36 @@ mod tests {
         let many = CDNOW_GG.expected_average_value(20, 100.0).unwrap();
         assert!(pop < few && few < many && many < 100.0);
         // CLV grows with the horizon and falls with the discount rate.
-        let c = Rft { frequency: 4, recency: 30.0, t: 38.0 };
-        let o = ClvOptions { months: 12, monthly_discount: 0.01, periods_per_month: 4.345 };
+        let c = Rft {
+            frequency: 4,
+            recency: 30.0,
+            t: 38.0,
+        };
+        let o = ClvOptions {
+            months: 12,
+            monthly_discount: 0.01,
+            periods_per_month: 4.345,
+        };
         let base = clv(&CDNOW_BG, &CDNOW_GG, &c, 30.0, &o).unwrap();
-        let longer = clv(&CDNOW_BG, &CDNOW_GG, &c, 30.0, &ClvOptions { months: 24, ..o }).unwrap();
-        let dearer = clv(&CDNOW_BG, &CDNOW_GG, &c, 30.0, &ClvOptions { monthly_discount: 0.05, ..o }).unwrap();
+        let longer = clv(
+            &CDNOW_BG,
+            &CDNOW_GG,
+            &c,
+            30.0,
+            &ClvOptions { months: 24, ..o },
+        )
+        .unwrap();
+        let dearer = clv(
+            &CDNOW_BG,
+            &CDNOW_GG,
+            &c,
+            30.0,
+            &ClvOptions {
+                monthly_discount: 0.05,
+                ..o
+            },
+        )
+        .unwrap();
         assert!(longer > base && dearer < base && base > 0.0);
         // q <= 1: no population mean, no CLV.
         let bad = GammaGammaParams { q: 0.9, ..CDNOW_GG };

@@ -323,7 +323,10 @@ fn names(field: &str, v: Vec<String>) -> Result<Vec<String>> {
             ));
         }
         if !seen.insert(s.as_str()) {
-            return Err(invalid(format!("{field}[{i}]"), format!("{s:?} is repeated")));
+            return Err(invalid(
+                format!("{field}[{i}]"),
+                format!("{s:?} is repeated"),
+            ));
         }
     }
     Ok(v)
@@ -354,7 +357,11 @@ impl Offer {
     pub fn parse(id: &str, document: &serde_json::Value) -> Result<Self> {
         let raw: RawOffer = serde_path_to_error::deserialize(document).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "document".to_owned() } else { path };
+            let field = if path == "." {
+                "document".to_owned()
+            } else {
+                path
+            };
             invalid(field, e.inner().to_string())
         })?;
         Self::from_raw(id, raw)
@@ -362,7 +369,10 @@ impl Offer {
 
     fn from_raw(id: &str, raw: RawOffer) -> Result<Self> {
         if id.trim().is_empty() || id.chars().count() > MAX_NAME {
-            return Err(invalid("offer_id", format!("{id:?} must be 1..={MAX_NAME} characters")));
+            return Err(invalid(
+                "offer_id",
+                format!("{id:?} must be 1..={MAX_NAME} characters"),
+            ));
         }
         let kind = OfferKind::parse(&raw.kind)?;
         if let Some(t) = &raw.title
@@ -407,7 +417,10 @@ impl Offer {
         if let (Some(s), Some(t)) = (start, end)
             && s >= t
         {
-            return Err(invalid("eligibility.end", "must be after eligibility.start"));
+            return Err(invalid(
+                "eligibility.end",
+                "must be after eligibility.start",
+            ));
         }
         let eligibility = Eligibility {
             tiers: name_set("eligibility.tiers", e.tiers)?,
@@ -771,16 +784,27 @@ impl<'m> OfferEngine<'m> {
         let mut prepared = Vec::with_capacity(offers.len());
         for (offer, stats) in offers {
             if by_id.insert(offer.id.clone(), prepared.len()).is_some() {
-                return Err(invalid("offer_id", format!("{:?} is given twice", offer.id)));
+                return Err(invalid(
+                    "offer_id",
+                    format!("{:?} is given twice", offer.id),
+                ));
             }
-            let items: Vec<u32> = offer.items.iter().filter_map(|i| model.item_index(i)).collect();
+            let items: Vec<u32> = offer
+                .items
+                .iter()
+                .filter_map(|i| model.item_index(i))
+                .collect();
             let categories: Vec<u32> = offer
                 .categories
                 .iter()
                 .filter_map(|c| model.category_index(c))
                 .collect();
             let mut conflict: BTreeSet<u32> = categories.iter().copied().collect();
-            conflict.extend(items.iter().filter_map(|&i| model.item_category[i as usize]));
+            conflict.extend(
+                items
+                    .iter()
+                    .filter_map(|&i| model.item_category[i as usize]),
+            );
             let mut sum = vec![0.0f32; d];
             for &i in &items {
                 let u = unit_row(i);
@@ -938,10 +962,16 @@ impl<'m> OfferEngine<'m> {
         if e.start.is_some_and(|t| req.now < t) || e.end.is_some_and(|t| req.now >= t) {
             return Err(Ineligible::OutsideWindow);
         }
-        if e.channels.as_ref().is_some_and(|ch| !ch.contains(&req.channel)) {
+        if e.channels
+            .as_ref()
+            .is_some_and(|ch| !ch.contains(&req.channel))
+        {
             return Err(Ineligible::Channel);
         }
-        if e.tiers.as_ref().is_some_and(|t| !t.contains(&c.profile.tier)) {
+        if e.tiers
+            .as_ref()
+            .is_some_and(|t| !t.contains(&c.profile.tier))
+        {
             return Err(Ineligible::Tier);
         }
         let rfm = c.profile.rfm;
@@ -980,7 +1010,11 @@ impl<'m> OfferEngine<'m> {
                     && (o.kind == OfferKind::NewArrival || !self.repurchasable[*i as usize])
             })
             .collect();
-        if !o.items.is_empty() && o.categories.is_empty() && excluded.len() == p.items.len() && !p.items.is_empty() {
+        if !o.items.is_empty()
+            && o.categories.is_empty()
+            && excluded.len() == p.items.len()
+            && !p.items.is_empty()
+        {
             return Err(Ineligible::AlreadyOwned);
         }
         let due = self.due(p, s, req.now);
@@ -1060,7 +1094,13 @@ impl<'m> OfferEngine<'m> {
         m
     }
 
-    fn score(&self, idx: usize, c: &CustomerView<'_>, s: &Scratch, req: &OfferRequest) -> Option<ScoredOffer> {
+    fn score(
+        &self,
+        idx: usize,
+        c: &CustomerView<'_>,
+        s: &Scratch,
+        req: &OfferRequest,
+    ) -> Option<ScoredOffer> {
         let (excluded, due) = self.check(idx, c, s, req).ok()?;
         let p = &self.offers[idx];
         let (affinity, v) = self.affinity(p, s, &excluded);
@@ -1089,7 +1129,12 @@ impl<'m> OfferEngine<'m> {
     }
 
     /// Why offer `idx` is or is not eligible for the customer (None: eligible).
-    pub fn ineligibility(&self, idx: usize, c: &CustomerView<'_>, req: &OfferRequest) -> Option<Ineligible> {
+    pub fn ineligibility(
+        &self,
+        idx: usize,
+        c: &CustomerView<'_>,
+        req: &OfferRequest,
+    ) -> Option<Ineligible> {
         let s = self.scratch(c);
         self.check(idx, c, &s, req).err()
     }
@@ -1139,7 +1184,11 @@ impl<'m> OfferEngine<'m> {
 
     /// [`Self::next_best_offers`] for many customers in parallel; the same answers as
     /// one call per customer, in input order.
-    pub fn batch(&self, customers: &[CustomerView<'_>], req: &OfferRequest) -> Vec<Vec<ScoredOffer>> {
+    pub fn batch(
+        &self,
+        customers: &[CustomerView<'_>],
+        req: &OfferRequest,
+    ) -> Vec<Vec<ScoredOffer>> {
         customers
             .par_iter()
             .map(|c| self.next_best_offers(c, req))
@@ -1149,8 +1198,16 @@ impl<'m> OfferEngine<'m> {
     /// How many of `customers` are eligible for offer `idx`, and how many would get it as
     /// their first offer, overall and per tier. Build the engine with the live offers plus
     /// the draft to try a draft before it goes live.
-    pub fn dry_run(&self, idx: usize, customers: &[CustomerView<'_>], req: &OfferRequest) -> DryRun {
-        let one = OfferRequest { k: 1, ..req.clone() };
+    pub fn dry_run(
+        &self,
+        idx: usize,
+        customers: &[CustomerView<'_>],
+        req: &OfferRequest,
+    ) -> DryRun {
+        let one = OfferRequest {
+            k: 1,
+            ..req.clone()
+        };
         let per: Vec<(bool, bool, &str)> = customers
             .par_iter()
             .map(|c| {
@@ -1236,23 +1293,43 @@ mod tests {
     fn buys(m: &Model, items: &[&str], at: i64) -> Vec<Purchase> {
         items
             .iter()
-            .map(|i| Purchase { item: m.item_index(i).unwrap(), quantity: 1.0, at })
+            .map(|i| Purchase {
+                item: m.item_index(i).unwrap(),
+                quantity: 1.0,
+                at,
+            })
             .collect()
     }
 
-    fn cv<'a>(profile: &'a CustomerProfile, purchases: &'a [Purchase], events: &'a [PastEvent]) -> CustomerView<'a> {
-        CustomerView { profile, purchases, events }
+    fn cv<'a>(
+        profile: &'a CustomerProfile,
+        purchases: &'a [Purchase],
+        events: &'a [PastEvent],
+    ) -> CustomerView<'a> {
+        CustomerView {
+            profile,
+            purchases,
+            events,
+        }
     }
 
     fn req(channel: &str) -> OfferRequest {
-        OfferRequest { channel: channel.into(), now: NOW, k: 5, allow_same_category: false }
+        OfferRequest {
+            channel: channel.into(),
+            now: NOW,
+            k: 5,
+            allow_same_category: false,
+        }
     }
 
     fn engine<'m>(m: &'m Model, offers: Vec<Offer>) -> OfferEngine<'m> {
         let n = m.items.len();
         OfferEngine::new(
             m,
-            offers.into_iter().map(|o| (o, OfferStats::default())).collect(),
+            offers
+                .into_iter()
+                .map(|o| (o, OfferStats::default()))
+                .collect(),
             vec![false; n],
             &[],
             EngineConfig::default(),
@@ -1273,38 +1350,72 @@ mod tests {
         assert_eq!(field_of(json!({"kind": "discount", "value": "x"})), "value");
         assert_eq!(field_of(json!({"kind": "discount", "value": -1})), "value");
         assert_eq!(field_of(json!({"kind": "discount"})), "document");
-        assert_eq!(field_of(json!({"kind": "discount", "value": 1, "colour": 1})), "document");
         assert_eq!(
-            field_of(json!({"kind": "discount", "value": 1, "eligibility": {"churn_risk": {"max": 1.5}}})),
+            field_of(json!({"kind": "discount", "value": 1, "colour": 1})),
+            "colour"
+        );
+        assert_eq!(
+            field_of(
+                json!({"kind": "discount", "value": 1, "eligibility": {"churn_risk": {"max": 1.5}}})
+            ),
             "eligibility.churn_risk.max"
         );
         assert_eq!(
-            field_of(json!({"kind": "discount", "value": 1, "eligibility": {"rfm": {"recency": {"min": 4, "max": 2}}}})),
+            field_of(
+                json!({"kind": "discount", "value": 1, "eligibility": {"rfm": {"recency": {"min": 4, "max": 2}}}})
+            ),
             "eligibility.rfm.recency.min"
         );
         assert_eq!(
             field_of(json!({"kind": "discount", "value": 1, "eligibility": {"tirs": []}})),
-            "eligibility"
+            "eligibility.tirs"
         );
         assert_eq!(
-            field_of(json!({"kind": "discount", "value": 1, "eligibility": {"rfm": {"recency": {"min": "a"}}}})),
+            field_of(
+                json!({"kind": "discount", "value": 1, "eligibility": {"rfm": {"recency": {"min": "a"}}}})
+            ),
             "eligibility.rfm.recency.min"
         );
         assert_eq!(
-            field_of(json!({"kind": "discount", "value": 1, "eligibility": {"start": "2025-02-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}})),
+            field_of(
+                json!({"kind": "discount", "value": 1, "eligibility": {"start": "2025-02-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}})
+            ),
             "eligibility.end"
         );
         assert_eq!(
-            field_of(json!({"kind": "discount", "value": 1, "eligibility": {"start": "yesterday"}})),
+            field_of(
+                json!({"kind": "discount", "value": 1, "eligibility": {"start": "yesterday"}})
+            ),
             "eligibility.start"
         );
-        assert_eq!(field_of(json!({"kind": "bundle", "value": 1, "items": ["a"]})), "items");
-        assert_eq!(field_of(json!({"kind": "discount", "value": 1, "items": ["a", "a"]})), "items[1]");
-        assert_eq!(field_of(json!({"kind": "replenishment", "value": 1})), "items");
-        assert_eq!(field_of(json!({"kind": "discount", "value": 1, "caps": {"budget": 10}})), "caps.budget");
-        assert_eq!(field_of(json!({"kind": "discount", "value": 1, "caps": {"max_per_customer": 0}})), "caps.max_per_customer");
-        assert_eq!(field_of(json!({"kind": "discount", "value": 1, "caps": {"cooldown_days": -2}})), "caps.cooldown_days");
-        assert_eq!(field_of(json!({"kind": "discount", "value": 1, "eligibility": {"channels": []}})), "eligibility.channels");
+        assert_eq!(
+            field_of(json!({"kind": "bundle", "value": 1, "items": ["a"]})),
+            "items"
+        );
+        assert_eq!(
+            field_of(json!({"kind": "discount", "value": 1, "items": ["a", "a"]})),
+            "items[1]"
+        );
+        assert_eq!(
+            field_of(json!({"kind": "replenishment", "value": 1})),
+            "items"
+        );
+        assert_eq!(
+            field_of(json!({"kind": "discount", "value": 1, "caps": {"budget": 10}})),
+            "caps.budget"
+        );
+        assert_eq!(
+            field_of(json!({"kind": "discount", "value": 1, "caps": {"max_per_customer": 0}})),
+            "caps.max_per_customer"
+        );
+        assert_eq!(
+            field_of(json!({"kind": "discount", "value": 1, "caps": {"cooldown_days": -2}})),
+            "caps.cooldown_days"
+        );
+        assert_eq!(
+            field_of(json!({"kind": "discount", "value": 1, "eligibility": {"channels": []}})),
+            "eligibility.channels"
+        );
         // A full, valid document.
         let o = offer(
             "full",
@@ -1321,44 +1432,105 @@ mod tests {
     #[test]
     fn caps_and_cooldowns_count_every_channel() {
         let m = model();
-        let o = offer("d", json!({"kind": "discount", "categories": ["cat2"], "value": 20, "caps": {"max_per_customer": 2, "cooldown_days": 7}}));
+        let o = offer(
+            "d",
+            json!({"kind": "discount", "categories": ["cat2"], "value": 20, "caps": {"max_per_customer": 2, "cooldown_days": 7}}),
+        );
         let e = engine(&m, vec![o]);
         let p = profile("gold", 0.1, 100.0);
         let purchases = buys(&m, &["g2-0", "g2-1"], NOW - 50 * DAY);
-        let ev = |kind, days_ago: i64| PastEvent { offer: "d".into(), kind, at: NOW - days_ago * DAY };
-        assert_eq!(e.next_best_offers(&cv(&p, &purchases, &[]), &req("web")).len(), 1);
+        let ev = |kind, days_ago: i64| PastEvent {
+            offer: "d".into(),
+            kind,
+            at: NOW - days_ago * DAY,
+        };
+        assert_eq!(
+            e.next_best_offers(&cv(&p, &purchases, &[]), &req("web"))
+                .len(),
+            1
+        );
         // Shown by email 3 days ago: the web is in cooldown too.
         let h = [ev(EventKind::Shown, 3)];
-        assert!(e.next_best_offers(&cv(&p, &purchases, &h), &req("web")).is_empty());
-        assert_eq!(e.ineligibility(0, &cv(&p, &purchases, &h), &req("web")), Some(Ineligible::Cooldown));
+        assert!(
+            e.next_best_offers(&cv(&p, &purchases, &h), &req("web"))
+                .is_empty()
+        );
+        assert_eq!(
+            e.ineligibility(0, &cv(&p, &purchases, &h), &req("web")),
+            Some(Ineligible::Cooldown)
+        );
         // After the cooldown it is back.
         let h = [ev(EventKind::Shown, 8)];
-        assert_eq!(e.next_best_offers(&cv(&p, &purchases, &h), &req("app")).len(), 1);
+        assert_eq!(
+            e.next_best_offers(&cv(&p, &purchases, &h), &req("app"))
+                .len(),
+            1
+        );
         // Two contacts on two channels reach the cap of 2 for good.
         let h = [ev(EventKind::Shown, 30), ev(EventKind::Declined, 20)];
-        assert_eq!(e.ineligibility(0, &cv(&p, &purchases, &h), &req("web")), None);
+        assert_eq!(
+            e.ineligibility(0, &cv(&p, &purchases, &h), &req("web")),
+            None
+        );
         let h = [ev(EventKind::Shown, 30), ev(EventKind::Shown, 20)];
-        assert_eq!(e.ineligibility(0, &cv(&p, &purchases, &h), &req("sms")), Some(Ineligible::MaxPerCustomer));
+        assert_eq!(
+            e.ineligibility(0, &cv(&p, &purchases, &h), &req("sms")),
+            Some(Ineligible::MaxPerCustomer)
+        );
         // Answers without logged shows still count as contacts.
         let h = [ev(EventKind::Accepted, 30), ev(EventKind::Declined, 20)];
-        assert_eq!(e.ineligibility(0, &cv(&p, &purchases, &h), &req("sms")), Some(Ineligible::MaxPerCustomer));
+        assert_eq!(
+            e.ineligibility(0, &cv(&p, &purchases, &h), &req("sms")),
+            Some(Ineligible::MaxPerCustomer)
+        );
         // Another offer's events do not count.
-        let h = [PastEvent { offer: "other".into(), kind: EventKind::Shown, at: NOW - DAY }];
-        assert_eq!(e.ineligibility(0, &cv(&p, &purchases, &h), &req("web")), None);
+        let h = [PastEvent {
+            offer: "other".into(),
+            kind: EventKind::Shown,
+            at: NOW - DAY,
+        }];
+        assert_eq!(
+            e.ineligibility(0, &cv(&p, &purchases, &h), &req("web")),
+            None
+        );
     }
 
     #[test]
     fn budget_is_spent_by_contacts() {
         let m = model();
-        let o = offer("d", json!({"kind": "discount", "value": 20, "cost": 1, "caps": {"budget": 10}}));
+        let o = offer(
+            "d",
+            json!({"kind": "discount", "value": 20, "cost": 1, "caps": {"budget": 10}}),
+        );
         let n = m.items.len();
         let mk = |shown| {
-            OfferEngine::new(&m, vec![(o.clone(), OfferStats { shown, accepted: 0, mean_predicted: None })], vec![false; n], &[], EngineConfig::default()).unwrap()
+            OfferEngine::new(
+                &m,
+                vec![(
+                    o.clone(),
+                    OfferStats {
+                        shown,
+                        accepted: 0,
+                        mean_predicted: None,
+                    },
+                )],
+                vec![false; n],
+                &[],
+                EngineConfig::default(),
+            )
+            .unwrap()
         };
         let p = profile("gold", 0.1, 100.0);
-        let v = CustomerView { profile: &p, purchases: &[], events: &[] };
+        let v = CustomerView {
+            profile: &p,
+            purchases: &[],
+            events: &[],
+        };
         assert_eq!(mk(9).ineligibility(0, &v, &req("web")), None);
-        assert_eq!(mk(10).ineligibility(0, &v, &req("web")), Some(Ineligible::Budget));
+        assert_eq!(
+            mk(10).ineligibility(0, &v, &req("web")),
+            Some(Ineligible::Budget)
+        );
     }
 
     #[test]
@@ -1375,43 +1547,108 @@ mod tests {
         let end = o.eligibility.end.unwrap();
         let e = engine(&m, vec![o]);
         let p = profile("gold", 0.1, 100.0);
-        let v = CustomerView { profile: &p, purchases: &[], events: &[] };
-        let at = |now| OfferRequest { now, ..req("email") };
-        assert_eq!(e.ineligibility(0, &v, &at(start - 1)), Some(Ineligible::OutsideWindow));
+        let v = CustomerView {
+            profile: &p,
+            purchases: &[],
+            events: &[],
+        };
+        let at = |now| OfferRequest {
+            now,
+            ..req("email")
+        };
+        assert_eq!(
+            e.ineligibility(0, &v, &at(start - 1)),
+            Some(Ineligible::OutsideWindow)
+        );
         assert_eq!(e.ineligibility(0, &v, &at(start)), None);
         assert_eq!(e.ineligibility(0, &v, &at(end - 1)), None);
-        assert_eq!(e.ineligibility(0, &v, &at(end)), Some(Ineligible::OutsideWindow));
-        assert_eq!(e.ineligibility(0, &v, &OfferRequest { now: start, ..req("web") }), Some(Ineligible::Channel));
+        assert_eq!(
+            e.ineligibility(0, &v, &at(end)),
+            Some(Ineligible::OutsideWindow)
+        );
+        assert_eq!(
+            e.ineligibility(
+                0,
+                &v,
+                &OfferRequest {
+                    now: start,
+                    ..req("web")
+                }
+            ),
+            Some(Ineligible::Channel)
+        );
         let bronze = profile("bronze", 0.1, 100.0);
-        let vb = CustomerView { profile: &bronze, ..v };
+        let vb = CustomerView {
+            profile: &bronze,
+            ..v
+        };
         assert_eq!(e.ineligibility(0, &vb, &at(start)), Some(Ineligible::Tier));
         let mut low = profile("gold", 0.1, 100.0);
         low.rfm.m = 3;
-        assert_eq!(e.ineligibility(0, &CustomerView { profile: &low, ..v }, &at(start)), Some(Ineligible::Rfm));
+        assert_eq!(
+            e.ineligibility(0, &CustomerView { profile: &low, ..v }, &at(start)),
+            Some(Ineligible::Rfm)
+        );
         let risky = profile("gold", 0.7, 100.0);
-        assert_eq!(e.ineligibility(0, &CustomerView { profile: &risky, ..v }, &at(start)), Some(Ineligible::ChurnRisk));
+        assert_eq!(
+            e.ineligibility(
+                0,
+                &CustomerView {
+                    profile: &risky,
+                    ..v
+                },
+                &at(start)
+            ),
+            Some(Ineligible::ChurnRisk)
+        );
         let mut unknown = profile("gold", 0.1, 100.0);
         unknown.churn_risk = None;
-        assert_eq!(e.ineligibility(0, &CustomerView { profile: &unknown, ..v }, &at(start)), Some(Ineligible::ChurnRisk));
+        assert_eq!(
+            e.ineligibility(
+                0,
+                &CustomerView {
+                    profile: &unknown,
+                    ..v
+                },
+                &at(start)
+            ),
+            Some(Ineligible::ChurnRisk)
+        );
     }
 
     #[test]
     fn a_churned_high_value_customer_gets_retention_over_a_discount() {
         let m = model();
-        let discount = offer("discount", json!({"kind": "discount", "categories": ["cat2"], "value": 15, "cost": 0.1}));
-        let retention = offer("winback", json!({"kind": "retention", "value": 5, "cost": 0.5}));
+        let discount = offer(
+            "discount",
+            json!({"kind": "discount", "categories": ["cat2"], "value": 15, "cost": 0.1}),
+        );
+        let retention = offer(
+            "winback",
+            json!({"kind": "retention", "value": 5, "cost": 0.5}),
+        );
         let e = engine(&m, vec![discount, retention]);
         let purchases = buys(&m, &["g2-0", "g2-1", "g2-2"], NOW - 200 * DAY);
         let churned = profile("gold", 0.9, 800.0);
-        let v = CustomerView { profile: &churned, purchases: &purchases, events: &[] };
+        let v = CustomerView {
+            profile: &churned,
+            purchases: &purchases,
+            events: &[],
+        };
         let got = e.next_best_offers(&v, &req("email"));
         assert_eq!(got[0].offer_id, "winback", "{got:#?}");
         let r = &got[0].reasons;
         assert_eq!(r.retained_value, Some(0.9 * 800.0));
-        assert_eq!((r.tier.as_str(), r.churn_risk, r.clv), ("gold", Some(0.9), Some(800.0)));
+        assert_eq!(
+            (r.tier.as_str(), r.churn_risk, r.clv),
+            ("gold", Some(0.9), Some(800.0))
+        );
         // The same customer while active prefers the discount on what they like.
         let active = profile("gold", 0.01, 800.0);
-        let v = CustomerView { profile: &active, ..v };
+        let v = CustomerView {
+            profile: &active,
+            ..v
+        };
         let got = e.next_best_offers(&v, &req("email"));
         assert_eq!(got[0].offer_id, "discount", "{got:#?}");
         assert!(got[0].reasons.matched_purchases.iter().any(|p| p.direct));
@@ -1421,12 +1658,24 @@ mod tests {
     fn owned_items_one_per_category_and_affinity_order() {
         let m = model();
         let n = m.items.len();
-        let tv = offer("tv", json!({"kind": "discount", "items": ["g2-0"], "value": 30}));
-        let near = offer("near", json!({"kind": "discount", "items": ["g2-3", "g2-4"], "value": 20}));
-        let far = offer("far", json!({"kind": "discount", "items": ["g4-3", "g4-4"], "value": 20}));
+        let tv = offer(
+            "tv",
+            json!({"kind": "discount", "items": ["g2-0"], "value": 30}),
+        );
+        let near = offer(
+            "near",
+            json!({"kind": "discount", "items": ["g2-3", "g2-4"], "value": 20}),
+        );
+        let far = offer(
+            "far",
+            json!({"kind": "discount", "items": ["g4-3", "g4-4"], "value": 20}),
+        );
         let e = OfferEngine::new(
             &m,
-            vec![tv, near, far].into_iter().map(|o| (o, OfferStats::default())).collect(),
+            vec![tv, near, far]
+                .into_iter()
+                .map(|o| (o, OfferStats::default()))
+                .collect(),
             vec![false; n],
             &[],
             EngineConfig::default(),
@@ -1434,16 +1683,35 @@ mod tests {
         .unwrap();
         let purchases = buys(&m, &["g2-0", "g2-1", "g2-2"], NOW - 10 * DAY);
         let p = profile("gold", 0.1, 100.0);
-        let v = CustomerView { profile: &p, purchases: &purchases, events: &[] };
-        assert_eq!(e.ineligibility(0, &v, &req("web")), Some(Ineligible::AlreadyOwned));
-        let got = e.next_best_offers(&v, &OfferRequest { allow_same_category: true, ..req("web") });
+        let v = CustomerView {
+            profile: &p,
+            purchases: &purchases,
+            events: &[],
+        };
+        assert_eq!(
+            e.ineligibility(0, &v, &req("web")),
+            Some(Ineligible::AlreadyOwned)
+        );
+        let got = e.next_best_offers(
+            &v,
+            &OfferRequest {
+                allow_same_category: true,
+                ..req("web")
+            },
+        );
         let ids: Vec<&str> = got.iter().map(|o| o.offer_id.as_str()).collect();
         assert_eq!(ids, ["near", "far"], "{got:#?}");
         assert!(got[0].reasons.affinity > got[1].reasons.affinity);
         // Repurchasable items stay on offer.
         let e2 = OfferEngine::new(
             &m,
-            vec![(offer("tv", json!({"kind": "discount", "items": ["g2-0"], "value": 30})), OfferStats::default())],
+            vec![(
+                offer(
+                    "tv",
+                    json!({"kind": "discount", "items": ["g2-0"], "value": 30}),
+                ),
+                OfferStats::default(),
+            )],
             vec![true; n],
             &[],
             EngineConfig::default(),
@@ -1451,11 +1719,27 @@ mod tests {
         .unwrap();
         assert_eq!(e2.ineligibility(0, &v, &req("web")), None);
         // Two offers on the same category: only the better one unless asked.
-        let a = offer("a", json!({"kind": "discount", "items": ["g2-3"], "value": 20}));
-        let b = offer("b", json!({"kind": "points_multiplier", "categories": ["cat2"], "value": 10}));
+        let a = offer(
+            "a",
+            json!({"kind": "discount", "items": ["g2-3"], "value": 20}),
+        );
+        let b = offer(
+            "b",
+            json!({"kind": "points_multiplier", "categories": ["cat2"], "value": 10}),
+        );
         let e3 = engine(&m, vec![a, b]);
         assert_eq!(e3.next_best_offers(&v, &req("web")).len(), 1);
-        assert_eq!(e3.next_best_offers(&v, &OfferRequest { allow_same_category: true, ..req("web") }).len(), 2);
+        assert_eq!(
+            e3.next_best_offers(
+                &v,
+                &OfferRequest {
+                    allow_same_category: true,
+                    ..req("web")
+                }
+            )
+            .len(),
+            2
+        );
     }
 
     #[test]
@@ -1467,13 +1751,26 @@ mod tests {
         let history: Vec<(u32, u32, i64)> = (0..20u32)
             .flat_map(|c| (0..5).map(move |k| (c, coffee, NOW - 400 * DAY + k * 10 * DAY)))
             .collect();
-        let o = offer("refill", json!({"kind": "replenishment", "items": ["g1-0"], "value": 8}));
-        let e = OfferEngine::new(&m, vec![(o, OfferStats::default())], vec![true; n], &history, EngineConfig::default()).unwrap();
+        let o = offer(
+            "refill",
+            json!({"kind": "replenishment", "items": ["g1-0"], "value": 8}),
+        );
+        let e = OfferEngine::new(
+            &m,
+            vec![(o, OfferStats::default())],
+            vec![true; n],
+            &history,
+            EngineConfig::default(),
+        )
+        .unwrap();
         assert_eq!(e.item_interval(coffee).map(|i| i.median_days), Some(10.0));
         let p = profile("silver", 0.1, 100.0);
         let recent = buys(&m, &["g1-0"], NOW - 2 * DAY);
         let due = buys(&m, &["g1-0"], NOW - 11 * DAY);
-        assert_eq!(e.ineligibility(0, &cv(&p, &recent, &[]), &req("web")), Some(Ineligible::NotDue));
+        assert_eq!(
+            e.ineligibility(0, &cv(&p, &recent, &[]), &req("web")),
+            Some(Ineligible::NotDue)
+        );
         let got = e.next_best_offers(&cv(&p, &due, &[]), &req("web"));
         assert_eq!(got.len(), 1);
         let d = got[0].reasons.due[0];
@@ -1485,14 +1782,38 @@ mod tests {
     fn calibration_shrinks_towards_the_model_until_there_is_evidence() {
         let m = model();
         let n = m.items.len();
-        let o = offer("d", json!({"kind": "discount", "categories": ["cat2"], "value": 20}));
+        let o = offer(
+            "d",
+            json!({"kind": "discount", "categories": ["cat2"], "value": 20}),
+        );
         let p = profile("gold", 0.1, 100.0);
         let purchases = buys(&m, &["g2-0"], NOW - 5 * DAY);
-        let v = CustomerView { profile: &p, purchases: &purchases, events: &[] };
+        let v = CustomerView {
+            profile: &p,
+            purchases: &purchases,
+            events: &[],
+        };
         let with = |shown, accepted| {
-            let e = OfferEngine::new(&m, vec![(o.clone(), OfferStats { shown, accepted, mean_predicted: Some(0.2) })], vec![false; n], &[], EngineConfig::default()).unwrap();
+            let e = OfferEngine::new(
+                &m,
+                vec![(
+                    o.clone(),
+                    OfferStats {
+                        shown,
+                        accepted,
+                        mean_predicted: Some(0.2),
+                    },
+                )],
+                vec![false; n],
+                &[],
+                EngineConfig::default(),
+            )
+            .unwrap();
             let r = e.next_best_offers(&v, &req("web"));
-            (r.first().map_or(0.0, |s| s.propensity), r.first().map_or(0, |s| s.reasons.calibrated_on))
+            (
+                r.first().map_or(0.0, |s| s.propensity),
+                r.first().map_or(0, |s| s.reasons.calibrated_on),
+            )
         };
         let (base, _) = with(0, 0);
         let (few, on) = with(10, 0);
@@ -1506,7 +1827,14 @@ mod tests {
         assert!((same - base).abs() < 1e-9);
     }
 
-    fn population(m: &Model, seed: u64) -> (Vec<CustomerProfile>, Vec<Vec<Purchase>>, Vec<Vec<PastEvent>>) {
+    fn population(
+        m: &Model,
+        seed: u64,
+    ) -> (
+        Vec<CustomerProfile>,
+        Vec<Vec<Purchase>>,
+        Vec<Vec<PastEvent>>,
+    ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let tiers = ["gold", "silver", "bronze"];
         let mut profiles = Vec::new();
@@ -1514,15 +1842,25 @@ mod tests {
         let mut events = Vec::new();
         for _ in 0..300 {
             let churn: f64 = rng.random();
-            let mut p = profile(tiers[rng.random_range(0..3)], churn, rng.random_range(0.0..1000.0));
-            p.rfm = RfmScore { r: rng.random_range(1..=5), f: rng.random_range(1..=5), m: rng.random_range(1..=5) };
+            let mut p = profile(
+                tiers[rng.random_range(0..3)],
+                churn,
+                rng.random_range(0.0..1000.0),
+            );
+            p.rfm = RfmScore {
+                r: rng.random_range(1..=5),
+                f: rng.random_range(1..=5),
+                m: rng.random_range(1..=5),
+            };
             profiles.push(p);
             let g = rng.random_range(0..6);
             let k = rng.random_range(0..6);
             purchases.push(
                 (0..k)
                     .map(|_| Purchase {
-                        item: m.item_index(&format!("g{g}-{}", rng.random_range(0..20))).unwrap(),
+                        item: m
+                            .item_index(&format!("g{g}-{}", rng.random_range(0..20)))
+                            .unwrap(),
                         quantity: 1.0,
                         at: NOW - rng.random_range(0..300) * DAY,
                     })
@@ -1533,7 +1871,8 @@ mod tests {
                 (0..rng.random_range(0..4))
                     .map(|_| PastEvent {
                         offer: ids[rng.random_range(0..5)].into(),
-                        kind: [EventKind::Shown, EventKind::Accepted, EventKind::Declined][rng.random_range(0..3)],
+                        kind: [EventKind::Shown, EventKind::Accepted, EventKind::Declined]
+                            [rng.random_range(0..3)],
                         at: NOW - rng.random_range(0..30) * DAY,
                     })
                     .collect(),
@@ -1544,11 +1883,26 @@ mod tests {
 
     fn mixed_offers() -> Vec<Offer> {
         vec![
-            offer("o0", json!({"kind": "discount", "categories": ["cat0"], "value": 12, "cost": 0.2, "caps": {"cooldown_days": 10}})),
-            offer("o1", json!({"kind": "retention", "value": 4, "cost": 1, "eligibility": {"churn_risk": {"min": 0.6}}})),
-            offer("o2", json!({"kind": "bundle", "items": ["g1-0", "g1-1"], "value": 25, "cost": 0.5, "eligibility": {"tiers": ["gold", "silver"]}})),
-            offer("o3", json!({"kind": "new_arrival", "items": ["g3-19", "g4-19"], "value": 10, "caps": {"max_per_customer": 1}})),
-            offer("o4", json!({"kind": "points_multiplier", "categories": ["cat5", "cat2"], "value": 8, "eligibility": {"rfm": {"frequency": {"min": 3}}}})),
+            offer(
+                "o0",
+                json!({"kind": "discount", "categories": ["cat0"], "value": 12, "cost": 0.2, "caps": {"cooldown_days": 10}}),
+            ),
+            offer(
+                "o1",
+                json!({"kind": "retention", "value": 4, "cost": 1, "eligibility": {"churn_risk": {"min": 0.6}}}),
+            ),
+            offer(
+                "o2",
+                json!({"kind": "bundle", "items": ["g1-0", "g1-1"], "value": 25, "cost": 0.5, "eligibility": {"tiers": ["gold", "silver"]}}),
+            ),
+            offer(
+                "o3",
+                json!({"kind": "new_arrival", "items": ["g3-19", "g4-19"], "value": 10, "caps": {"max_per_customer": 1}}),
+            ),
+            offer(
+                "o4",
+                json!({"kind": "points_multiplier", "categories": ["cat5", "cat2"], "value": 8, "eligibility": {"rfm": {"frequency": {"min": 3}}}}),
+            ),
         ]
     }
 
@@ -1558,7 +1912,11 @@ mod tests {
         let e = engine(&m, mixed_offers());
         let (profiles, purchases, events) = population(&m, 9);
         let views: Vec<CustomerView<'_>> = (0..profiles.len())
-            .map(|i| CustomerView { profile: &profiles[i], purchases: &purchases[i], events: &events[i] })
+            .map(|i| CustomerView {
+                profile: &profiles[i],
+                purchases: &purchases[i],
+                events: &events[i],
+            })
             .collect();
         let r = req("email");
         let batch = e.batch(&views, &r);
@@ -1566,7 +1924,10 @@ mod tests {
         for (v, b) in views.iter().zip(&batch) {
             assert_eq!(&e.next_best_offers(v, &r), b);
         }
-        assert!(batch.iter().filter(|b| !b.is_empty()).count() > 100, "the test population gets offers");
+        assert!(
+            batch.iter().filter(|b| !b.is_empty()).count() > 100,
+            "the test population gets offers"
+        );
         let kinds: BTreeSet<String> = batch.iter().flatten().map(|o| o.offer_id.clone()).collect();
         assert!(kinds.len() >= 4, "{kinds:?}");
     }
@@ -1577,21 +1938,37 @@ mod tests {
         let e = engine(&m, mixed_offers());
         let (profiles, purchases, events) = population(&m, 10);
         let views: Vec<CustomerView<'_>> = (0..profiles.len())
-            .map(|i| CustomerView { profile: &profiles[i], purchases: &purchases[i], events: &events[i] })
+            .map(|i| CustomerView {
+                profile: &profiles[i],
+                purchases: &purchases[i],
+                events: &events[i],
+            })
             .collect();
         let r = req("email");
         for idx in 0..5 {
             let d = e.dry_run(idx, &views, &r);
             let id = e.offers().nth(idx).unwrap().id.clone();
-            let mut want = DryRun { customers: views.len() as u64, ..DryRun::default() };
+            let mut want = DryRun {
+                customers: views.len() as u64,
+                ..DryRun::default()
+            };
             for v in &views {
                 if e.ineligibility(idx, v, &r).is_none() {
                     want.eligible += 1;
-                    *want.eligible_by_tier.entry(v.profile.tier.clone()).or_default() += 1;
+                    *want
+                        .eligible_by_tier
+                        .entry(v.profile.tier.clone())
+                        .or_default() += 1;
                 }
-                if e.next_best_offers(v, &r).first().is_some_and(|o| o.offer_id == id) {
+                if e.next_best_offers(v, &r)
+                    .first()
+                    .is_some_and(|o| o.offer_id == id)
+                {
                     want.first += 1;
-                    *want.first_by_tier.entry(v.profile.tier.clone()).or_default() += 1;
+                    *want
+                        .first_by_tier
+                        .entry(v.profile.tier.clone())
+                        .or_default() += 1;
                 }
             }
             assert_eq!(d, want, "offer {id}");

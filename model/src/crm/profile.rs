@@ -59,7 +59,10 @@ impl ProfileConfig {
     fn check(&self) -> Result<()> {
         let bad = |name, reason: String| Err(Error::InvalidParameter { name, reason });
         if !(self.horizon_days.is_finite() && self.horizon_days > 0.0) {
-            return bad("horizon_days", format!("{} must be positive", self.horizon_days));
+            return bad(
+                "horizon_days",
+                format!("{} must be positive", self.horizon_days),
+            );
         }
         if !(self.monthly_discount.is_finite() && self.monthly_discount > -1.0) {
             return bad(
@@ -221,7 +224,10 @@ pub fn build_profiles<K: Ord + Clone>(
         .iter()
         .map(|(_, s)| (end - s.last) as f64 / 86_400.0)
         .collect();
-    let freq: Vec<f64> = summaries.iter().map(|(_, s)| s.frequency as f64 + 1.0).collect();
+    let freq: Vec<f64> = summaries
+        .iter()
+        .map(|(_, s)| s.frequency as f64 + 1.0)
+        .collect();
     let spend: Vec<f64> = summaries.iter().map(|(_, s)| s.total_value).collect();
     let rfm = rfm_scores(&days_since, &freq, &spend);
     let mut customers: Vec<(K, CustomerProfile)> = summaries
@@ -249,7 +255,8 @@ pub fn build_profiles<K: Ord + Clone>(
                 p.churn_risk = Some(1.0 - alive);
                 p.expected_purchases = bg.params.expected_purchases(horizon, &c);
                 if let Some(gg) = &gg {
-                    p.clv = gamma_gamma::clv(&bg.params, &gg.params, &c, s.monetary_value, &clv_opts);
+                    p.clv =
+                        gamma_gamma::clv(&bg.params, &gg.params, &c, s.monetary_value, &clv_opts);
                 }
             }
             (k, p)
@@ -293,14 +300,22 @@ mod tests {
             let start: f64 = rng.random_range(0.0..200.0);
             let spend: f64 = rng.random_range(5.0..200.0);
             let mut t = start;
-            tx.push(Transaction { customer: c, at: (t * 86_400.0) as i64, amount: spend });
+            tx.push(Transaction {
+                customer: c,
+                at: (t * 86_400.0) as i64,
+                amount: spend,
+            });
             loop {
                 t += -rng.random::<f64>().max(1e-12).ln() / rate;
                 if t > start + life || t > 365.0 {
                     break;
                 }
                 let amount = spend * rng.random_range(0.5..1.5);
-                tx.push(Transaction { customer: c, at: (t * 86_400.0) as i64, amount });
+                tx.push(Transaction {
+                    customer: c,
+                    at: (t * 86_400.0) as i64,
+                    amount,
+                });
             }
         }
         tx
@@ -310,7 +325,11 @@ mod tests {
     fn profiles_are_complete_and_consistent() {
         let tx = shop(1);
         let p = build_profiles(&tx, 365 * DAY, &ProfileConfig::default()).unwrap();
-        assert!(p.bgnbd.is_some() && p.gamma_gamma.is_some(), "{:?}", p.notes);
+        assert!(
+            p.bgnbd.is_some() && p.gamma_gamma.is_some(),
+            "{:?}",
+            p.notes
+        );
         assert_eq!(p.customers.len(), 400);
         for (_, c) in &p.customers {
             let alive = c.p_alive.unwrap();
@@ -325,18 +344,36 @@ mod tests {
         }
         assert!(p.get(&7).is_some() && p.get(&9999).is_none());
         // Gold customers spent more than every bronze one.
-        let min_gold = p.customers.iter().filter(|(_, c)| c.tier == "gold").map(|(_, c)| c.total_spend).fold(f64::INFINITY, f64::min);
-        let max_bronze = p.customers.iter().filter(|(_, c)| c.tier == "bronze").map(|(_, c)| c.total_spend).fold(0.0, f64::max);
+        let min_gold = p
+            .customers
+            .iter()
+            .filter(|(_, c)| c.tier == "gold")
+            .map(|(_, c)| c.total_spend)
+            .fold(f64::INFINITY, f64::min);
+        let max_bronze = p
+            .customers
+            .iter()
+            .filter(|(_, c)| c.tier == "bronze")
+            .map(|(_, c)| c.total_spend)
+            .fold(0.0, f64::max);
         assert!(min_gold >= max_bronze);
     }
 
     #[test]
     fn a_shop_without_repeat_buyers_still_gets_rfm_and_tiers() {
         let tx: Vec<Transaction<u32>> = (0..20)
-            .map(|c| Transaction { customer: c, at: c as i64 * DAY, amount: 10.0 + c as f64 })
+            .map(|c| Transaction {
+                customer: c,
+                at: c as i64 * DAY,
+                amount: 10.0 + c as f64,
+            })
             .collect();
         let p = build_profiles(&tx, 30 * DAY, &ProfileConfig::default()).unwrap();
         assert!(p.bgnbd.is_none() && !p.notes.is_empty());
-        assert!(p.customers.iter().all(|(_, c)| c.p_alive.is_none() && !c.tier.is_empty()));
+        assert!(
+            p.customers
+                .iter()
+                .all(|(_, c)| c.p_alive.is_none() && !c.tier.is_empty())
+        );
     }
 }

@@ -142,7 +142,11 @@ mod tests {
 
     #[test]
     fn due_window() {
-        let iv = Interval { median_days: 10.0, gaps: 5, customers: 3 };
+        let iv = Interval {
+            median_days: 10.0,
+            gaps: 5,
+            customers: 3,
+        };
         let cfg = RepurchaseConfig::default();
         assert!(due(0, 5 * DAY, &iv, &cfg).is_none());
         assert_eq!(due(0, 9 * DAY, &iv, &cfg).map(|d| d.days_since), Some(9.0));

@@ -51,14 +51,23 @@ mod tests {
         for &z in &[0.0_f64, 0.1, 0.5, 0.9, 0.99] {
             // 2F1(1, 1; 2; z) = -ln(1 - z) / z
             let want = if z == 0.0 { 1.0 } else { -(1.0 - z).ln() / z };
-            assert!(close(hyp2f1(1.0, 1.0, 2.0, z).unwrap(), want, 1e-12), "z={z}");
+            assert!(
+                close(hyp2f1(1.0, 1.0, 2.0, z).unwrap(), want, 1e-12),
+                "z={z}"
+            );
             // 2F1(a, b; b; z) = (1 - z)^-a
             let want = (1.0 - z).powf(-0.7);
-            assert!(close(hyp2f1(0.7, 2.3, 2.3, z).unwrap(), want, 1e-12), "z={z}");
+            assert!(
+                close(hyp2f1(0.7, 2.3, 2.3, z).unwrap(), want, 1e-12),
+                "z={z}"
+            );
             // 2F1(1/2, 1; 3/2; z^2) = atanh(z) / z
             let w = z.sqrt();
             let want = if z == 0.0 { 1.0 } else { w.atanh() / w };
-            assert!(close(hyp2f1(0.5, 1.0, 1.5, z).unwrap(), want, 1e-12), "z={z}");
+            assert!(
+                close(hyp2f1(0.5, 1.0, 1.5, z).unwrap(), want, 1e-12),
+                "z={z}"
+            );
         }
     }
 

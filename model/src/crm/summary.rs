@@ -170,7 +170,11 @@ pub fn summarize<K: Ord + Clone>(
         if p > end {
             continue;
         }
-        *periods.entry(&tx.customer).or_default().entry(p).or_insert(0.0) += tx.amount;
+        *periods
+            .entry(&tx.customer)
+            .or_default()
+            .entry(p)
+            .or_insert(0.0) += tx.amount;
     }
     let unit = opts.unit.seconds() as f64 * opts.multiplier;
     let out = periods
@@ -247,7 +251,10 @@ mod tests {
         assert_eq!(a.monetary_value, 30.0); // (20 + 40) / 2, first period excluded
         assert_eq!(a.total_value, 75.0);
         let b = s[1].1;
-        assert_eq!((b.frequency, b.recency, b.t, b.monetary_value), (0, 0.0, 15.0, 0.0));
+        assert_eq!(
+            (b.frequency, b.recency, b.t, b.monetary_value),
+            (0, 0.0, 15.0, 0.0)
+        );
         // Hourly with multiplier 24 gives fractional days.
         let opts = SummaryOptions {
             unit: TimeUnit::Hour,

@@ -28,7 +28,12 @@ pub struct TierConfig(Vec<TierRule>);
 impl TierConfig {
     /// Checks and wraps tier rules.
     pub fn new(rules: Vec<TierRule>) -> Result<Self> {
-        let bad = |reason: String| Err(Error::InvalidParameter { name: "tiers", reason });
+        let bad = |reason: String| {
+            Err(Error::InvalidParameter {
+                name: "tiers",
+                reason,
+            })
+        };
         if rules.is_empty() {
             return bad("at least one tier is needed".into());
         }
@@ -151,7 +156,11 @@ mod tests {
         assert!(gold_value / total >= 0.80);
         let smallest = gold.iter().map(|&i| v[i]).fold(f64::INFINITY, f64::min);
         assert!((gold_value - smallest) / total < 0.80);
-        assert!(gold.len() < v.len() / 2, "gold is a minority: {}", gold.len());
+        assert!(
+            gold.len() < v.len() / 2,
+            "gold is a minority: {}",
+            gold.len()
+        );
         // Every gold customer is worth at least every silver one, silver at least bronze.
         for i in 0..v.len() {
             for j in 0..v.len() {
@@ -165,8 +174,14 @@ mod tests {
     #[test]
     fn ties_zeroes_and_custom_rules() {
         let c = TierConfig::new(vec![
-            TierRule { name: "vip".into(), cumulative_share: 0.5 },
-            TierRule { name: "rest".into(), cumulative_share: 1.0 },
+            TierRule {
+                name: "vip".into(),
+                cumulative_share: 0.5,
+            },
+            TierRule {
+                name: "rest".into(),
+                cumulative_share: 1.0,
+            },
         ])
         .unwrap();
         let t = assign_tiers(&[10.0, 10.0, 10.0, 0.0, f64::NAN], &c);
@@ -178,7 +193,10 @@ mod tests {
 
     #[test]
     fn config_is_validated() {
-        let r = |n: &str, s: f64| TierRule { name: n.into(), cumulative_share: s };
+        let r = |n: &str, s: f64| TierRule {
+            name: n.into(),
+            cumulative_share: s,
+        };
         assert!(TierConfig::new(vec![]).is_err());
         assert!(TierConfig::new(vec![r("a", 0.9)]).is_err());
         assert!(TierConfig::new(vec![r("a", 0.9), r("a", 1.0)]).is_err());
@@ -187,6 +205,8 @@ mod tests {
         let json = serde_json::to_string(&TierConfig::default()).unwrap();
         let back: TierConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, TierConfig::default());
-        assert!(serde_json::from_str::<TierConfig>(r#"[{"name":"x","cumulative_share":0.5}]"#).is_err());
+        assert!(
+            serde_json::from_str::<TierConfig>(r#"[{"name":"x","cumulative_share":0.5}]"#).is_err()
+        );
     }
 }
