@@ -23,6 +23,30 @@ pub enum Error {
         #[source]
         source: affinity_model::Error,
     },
+    /// Two inputs that must belong together do not (e.g. a CRM snapshot of another model).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A user's input file broke a rule; names the file, line and field.
+    #[error("{file}:{line}: field `{field}`: {reason}")]
+    BadInput {
+        /// The file as given.
+        file: String,
+        /// 1-based line (the header is line 1).
+        line: u64,
+        /// Column or flag name.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading an input file failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result alias for the service crate.

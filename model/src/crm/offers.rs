@@ -676,6 +676,42 @@ pub struct DryRun {
 
 // ------------------------------------------------------------------ the engine
 
+/// Typical repurchase intervals per model item and category index: computed once per
+/// model version (at retrain) from all purchases, then shared by every request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Intervals {
+    /// By model item index.
+    pub by_item: HashMap<u32, Interval>,
+    /// By model category index.
+    pub by_category: HashMap<u32, Interval>,
+}
+
+impl Intervals {
+    /// Intervals from `(customer, item index, unix seconds)` of all customers.
+    pub fn compute(
+        model: &Model,
+        purchases: &[(u32, u32, i64)],
+        config: &RepurchaseConfig,
+    ) -> Self {
+        let by_item = repurchase::intervals(purchases.iter().copied(), config);
+        let by_category = repurchase::intervals(
+            purchases.iter().filter_map(|&(c, i, at)| {
+                model
+                    .item_category
+                    .get(i as usize)
+                    .copied()
+                    .flatten()
+                    .map(|cat| (c, cat, at))
+            }),
+            config,
+        );
+        Self {
+            by_item,
+            by_category,
+        }
+    }
+}
+
 struct Prepared {
     offer: Offer,
     /// Promoted items the model knows.
@@ -748,14 +784,13 @@ struct Scratch {
 
 impl<'m> OfferEngine<'m> {
     /// Prepares `offers` (with their response so far) against `model`. `repurchasable`
-    /// says per model item index whether buying it again makes sense; `purchases` (all
-    /// customers, as `(customer, item index, unix seconds)`) give the typical repurchase
-    /// intervals per item and per category.
+    /// says per model item index whether buying it again makes sense; `intervals` are the
+    /// typical repurchase intervals (see [`Intervals::compute`]).
     pub fn new(
         model: &'m Model,
         offers: Vec<(Offer, OfferStats)>,
         repurchasable: Vec<bool>,
-        purchases: &[(u32, u32, i64)],
+        intervals: Intervals,
         config: EngineConfig,
     ) -> Result<Self> {
         let n = model.items.len();
@@ -842,21 +877,10 @@ impl<'m> OfferEngine<'m> {
                 budget_spent,
             });
         }
-        let by_item = repurchase::intervals(
-            purchases.iter().map(|&(c, i, at)| (c, i, at)),
-            &config.repurchase,
-        );
-        let by_category = repurchase::intervals(
-            purchases.iter().filter_map(|&(c, i, at)| {
-                model
-                    .item_category
-                    .get(i as usize)
-                    .copied()
-                    .flatten()
-                    .map(|cat| (c, cat, at))
-            }),
-            &config.repurchase,
-        );
+        let Intervals {
+            by_item,
+            by_category,
+        } = intervals;
         Ok(Self {
             model,
             offers: prepared,
@@ -1331,7 +1355,7 @@ mod tests {
                 .map(|o| (o, OfferStats::default()))
                 .collect(),
             vec![false; n],
-            &[],
+            Intervals::default(),
             EngineConfig::default(),
         )
         .unwrap()
@@ -1515,7 +1539,7 @@ mod tests {
                     },
                 )],
                 vec![false; n],
-                &[],
+                Intervals::default(),
                 EngineConfig::default(),
             )
             .unwrap()
@@ -1677,7 +1701,7 @@ mod tests {
                 .map(|o| (o, OfferStats::default()))
                 .collect(),
             vec![false; n],
-            &[],
+            Intervals::default(),
             EngineConfig::default(),
         )
         .unwrap();
@@ -1713,7 +1737,7 @@ mod tests {
                 OfferStats::default(),
             )],
             vec![true; n],
-            &[],
+            Intervals::default(),
             EngineConfig::default(),
         )
         .unwrap();
@@ -1759,7 +1783,7 @@ mod tests {
             &m,
             vec![(o, OfferStats::default())],
             vec![true; n],
-            &history,
+            Intervals::compute(&m, &history, &RepurchaseConfig::default()),
             EngineConfig::default(),
         )
         .unwrap();
@@ -1805,7 +1829,7 @@ mod tests {
                     },
                 )],
                 vec![false; n],
-                &[],
+                Intervals::default(),
                 EngineConfig::default(),
             )
             .unwrap();

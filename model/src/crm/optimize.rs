@@ -145,6 +145,20 @@ pub(crate) fn minimize(
             }
         }
     }
+    // Not yet stationary: one more BFGS round from the best point. If it cannot lower the
+    // objective any further, the optimum is a flat ridge (a parameter weakly determined,
+    // running off slowly); with a small gradient that is accepted and flagged.
+    let mut flat = false;
+    if let Some((x0b, v0, g0)) = best.clone()
+        && g0 > grad_tol
+        && let Some((x, it)) = bfgs(f, &x0b, 500)
+    {
+        iterations += it;
+        consider(&mut best, x);
+        if let Some(b) = &best {
+            flat = v0 - b.1 <= 1e-10 * v0.abs().max(1.0);
+        }
+    }
     match best {
         Some((x, value, grad_norm)) if grad_norm <= grad_tol => Ok(Minimum {
             boundary: x.iter().any(|v| v.abs() > BOUNDARY_LOG),
@@ -157,7 +171,7 @@ pub(crate) fn minimize(
         // show no dropout): the gradient only fades as the parameters run off. Far out in
         // log space with a nearly flat objective, the point is the limiting model.
         Some((x, value, grad_norm))
-            if grad_norm <= BOUNDARY_GRAD && x.iter().any(|v| v.abs() > BOUNDARY_LOG) =>
+            if grad_norm <= BOUNDARY_GRAD && (flat || x.iter().any(|v| v.abs() > BOUNDARY_LOG)) =>
         {
             Ok(Minimum {
                 x,
