@@ -778,8 +778,22 @@ fn contacts(engine: &OfferEngine<'_>, events: &[PastEvent]) -> HashMap<usize, (u
 
 struct Scratch {
     vector: Option<Vec<f32>>,
+    /// Last purchase time per bought item.
     bought: HashMap<u32, i64>,
+    /// Last purchase time per bought category.
+    category_last: HashMap<u32, i64>,
     contacts: HashMap<usize, (u64, u64, i64)>,
+}
+
+/// An eligible offer scored, before its reasons are spelled out (only the chosen ones are).
+struct Candidate {
+    idx: usize,
+    env: f64,
+    propensity: f64,
+    affinity: f32,
+    retained: Option<f64>,
+    excluded: Vec<u32>,
+    due: Vec<DueMatch>,
 }
 
 impl<'m> OfferEngine<'m> {
@@ -917,15 +931,21 @@ impl<'m> OfferEngine<'m> {
         let weights = self.model.weigh(c.purchases);
         let vector = (!weights.is_empty()).then(|| normalized(self.model.fold_in(&weights)));
         let mut bought: HashMap<u32, i64> = HashMap::new();
+        let mut category_last: HashMap<u32, i64> = HashMap::new();
         for p in c.purchases {
             if (p.item as usize) < self.repurchasable.len() {
                 let e = bought.entry(p.item).or_insert(i64::MIN);
                 *e = (*e).max(p.at);
+                if let Some(cat) = self.model.item_category[p.item as usize] {
+                    let e = category_last.entry(cat).or_insert(i64::MIN);
+                    *e = (*e).max(p.at);
+                }
             }
         }
         Scratch {
             vector: vector.filter(|v| !v.is_empty()),
             bought,
+            category_last,
             contacts: contacts(self, c.events),
         }
     }
@@ -952,12 +972,7 @@ impl<'m> OfferEngine<'m> {
             }
         }
         for &c in &p.categories {
-            let last = s
-                .bought
-                .iter()
-                .filter(|(i, _)| self.model.item_category[**i as usize] == Some(c))
-                .map(|(_, &at)| at)
-                .max();
+            let last = s.category_last.get(&c).copied();
             if let (Some(last), Some(iv)) = (last, self.by_category.get(&c))
                 && let Some(d) = repurchase::due(last, now, iv, cfg)
             {
@@ -1055,34 +1070,41 @@ impl<'m> OfferEngine<'m> {
             + if due { self.config.due_boost } else { 0.0 }
     }
 
-    fn affinity(&self, p: &Prepared, s: &Scratch, excluded: &[u32]) -> (f32, Vec<f32>) {
-        let Some(x) = &s.vector else {
-            return (0.0, p.vector.clone());
-        };
-        let v = if excluded.is_empty() {
-            p.vector.clone()
-        } else {
-            // Re-centre on what is still on offer.
-            let d = self.model.factors();
-            let mut sum = vec![0.0f32; d];
-            for &i in p.items.iter().filter(|i| !excluded.contains(i)) {
-                let u = normalized(self.row(i).to_vec());
-                if !u.is_empty() {
-                    crate::linalg::axpy(1.0, &u, &mut sum);
-                }
-            }
-            for &c in &p.categories {
-                let u = &self.category_centroid[c as usize];
-                if !u.is_empty() {
-                    crate::linalg::axpy(1.0, u, &mut sum);
-                }
-            }
-            normalized(sum)
-        };
-        if v.is_empty() {
-            return (0.0, v);
+    /// The offer's vector for this customer: re-centred on what is still on offer when
+    /// owned items were dropped (rare), else the prepared one.
+    fn offer_vector<'a>(&self, p: &'a Prepared, excluded: &[u32]) -> std::borrow::Cow<'a, [f32]> {
+        if excluded.is_empty() {
+            return std::borrow::Cow::Borrowed(&p.vector);
         }
-        (dot(x, &v).clamp(-1.0, 1.0), v)
+        let d = self.model.factors();
+        let mut sum = vec![0.0f32; d];
+        for &i in p.items.iter().filter(|i| !excluded.contains(i)) {
+            let u = normalized(self.row(i).to_vec());
+            if !u.is_empty() {
+                crate::linalg::axpy(1.0, &u, &mut sum);
+            }
+        }
+        for &c in &p.categories {
+            let u = &self.category_centroid[c as usize];
+            if !u.is_empty() {
+                crate::linalg::axpy(1.0, u, &mut sum);
+            }
+        }
+        std::borrow::Cow::Owned(normalized(sum))
+    }
+
+    fn affinity(&self, p: &Prepared, s: &Scratch, excluded: &[u32]) -> f32 {
+        match &s.vector {
+            Some(x) => {
+                let v = self.offer_vector(p, excluded);
+                if v.is_empty() {
+                    0.0
+                } else {
+                    dot(x, &v).clamp(-1.0, 1.0)
+                }
+            }
+            None => 0.0,
+        }
     }
 
     fn matched(&self, p: &Prepared, s: &Scratch, v: &[f32]) -> Vec<MatchedPurchase> {
@@ -1118,38 +1140,53 @@ impl<'m> OfferEngine<'m> {
         m
     }
 
-    fn score(
+    fn candidate(
         &self,
         idx: usize,
         c: &CustomerView<'_>,
         s: &Scratch,
         req: &OfferRequest,
-    ) -> Option<ScoredOffer> {
+    ) -> Option<Candidate> {
         let (excluded, due) = self.check(idx, c, s, req).ok()?;
         let p = &self.offers[idx];
-        let (affinity, v) = self.affinity(p, s, &excluded);
+        let affinity = self.affinity(p, s, &excluded);
         let propensity = sigmoid(self.raw_logit(affinity, !due.is_empty()) + p.shift);
         let prof = c.profile;
         let retained = (p.offer.kind == OfferKind::Retention)
             .then(|| prof.churn_risk.unwrap_or(0.0) * prof.clv.unwrap_or(0.0).max(0.0));
         let env = propensity * (p.offer.value.get() + retained.unwrap_or(0.0)) - p.offer.cost.get();
-        Some(ScoredOffer {
-            offer_id: p.offer.id.clone(),
-            expected_net_value: env,
+        Some(Candidate {
+            idx,
+            env,
             propensity,
+            affinity,
+            retained,
+            excluded,
+            due,
+        })
+    }
+
+    fn explain(&self, cand: Candidate, c: &CustomerView<'_>, s: &Scratch) -> ScoredOffer {
+        let p = &self.offers[cand.idx];
+        let prof = c.profile;
+        let v = self.offer_vector(p, &cand.excluded);
+        ScoredOffer {
+            offer_id: p.offer.id.clone(),
+            expected_net_value: cand.env,
+            propensity: cand.propensity,
             reasons: OfferReasons {
                 kind: p.offer.kind,
                 tier: prof.tier.clone(),
-                affinity,
+                affinity: cand.affinity,
                 calibrated_on: p.calibrated_on,
                 churn_risk: prof.churn_risk,
                 clv: prof.clv,
-                retained_value: retained,
+                retained_value: cand.retained,
                 matched_purchases: self.matched(p, s, &v),
-                due,
-                excluded_items: excluded,
+                due: cand.due,
+                excluded_items: cand.excluded,
             },
-        })
+        }
     }
 
     /// Why offer `idx` is or is not eligible for the customer (None: eligible).
@@ -1168,7 +1205,7 @@ impl<'m> OfferEngine<'m> {
     pub fn uncalibrated_propensity(&self, idx: usize, c: &CustomerView<'_>, now: i64) -> f64 {
         let s = self.scratch(c);
         let p = &self.offers[idx];
-        let (affinity, _) = self.affinity(p, &s, &[]);
+        let affinity = self.affinity(p, &s, &[]);
         let due = !self.due(p, &s, now).is_empty();
         sigmoid(self.raw_logit(affinity, due))
     }
@@ -1181,27 +1218,30 @@ impl<'m> OfferEngine<'m> {
     }
 
     fn rank(&self, c: &CustomerView<'_>, s: &Scratch, req: &OfferRequest) -> Vec<ScoredOffer> {
-        let mut scored: Vec<(usize, ScoredOffer)> = (0..self.offers.len())
-            .filter_map(|i| self.score(i, c, s, req).map(|o| (i, o)))
-            .filter(|(_, o)| o.expected_net_value > self.config.min_net_value)
+        let mut scored: Vec<Candidate> = (0..self.offers.len())
+            .filter_map(|i| self.candidate(i, c, s, req))
+            .filter(|o| o.env > self.config.min_net_value)
             .collect();
         scored.sort_by(|a, b| {
-            b.1.expected_net_value
-                .total_cmp(&a.1.expected_net_value)
-                .then_with(|| a.1.offer_id.cmp(&b.1.offer_id))
+            b.env.total_cmp(&a.env).then_with(|| {
+                self.offers[a.idx]
+                    .offer
+                    .id
+                    .cmp(&self.offers[b.idx].offer.id)
+            })
         });
-        let mut taken: BTreeSet<u32> = BTreeSet::new();
+        let mut taken: Vec<u32> = Vec::new();
         let mut out = Vec::with_capacity(req.k.min(scored.len()));
-        for (i, o) in scored {
+        for cand in scored {
             if out.len() >= req.k {
                 break;
             }
-            let cats = &self.offers[i].conflict_categories;
+            let cats = &self.offers[cand.idx].conflict_categories;
             if !req.allow_same_category && cats.iter().any(|c| taken.contains(c)) {
                 continue;
             }
             taken.extend(cats.iter().copied());
-            out.push(o);
+            out.push(self.explain(cand, c, s));
         }
         out
     }
