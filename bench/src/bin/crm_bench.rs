@@ -102,6 +102,9 @@ fn offers_bench(n_customers: usize, n_offers: usize, runs: usize, seed: u64) -> 
     if n_customers == 0 || n_offers == 0 || runs == 0 {
         bail!("--customers, --offers and --runs must be positive");
     }
+    if n_customers > 20_000 {
+        bail!("--customers is at most 20000 (the synthetic shop's size)");
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Shop: 40 categories x 50 items, 20,000 customers each favouring two categories.
     let (cats, per_cat, shoppers) = (40usize, 50usize, 20_000usize);
@@ -211,7 +214,7 @@ fn offers_bench(n_customers: usize, n_offers: usize, runs: usize, seed: u64) -> 
     let mut profiles = Vec::with_capacity(n_customers);
     let mut purchases = Vec::with_capacity(n_customers);
     let mut events = Vec::with_capacity(n_customers);
-    for s in 0..n_customers {
+    for history in histories.iter().take(n_customers) {
         let churn: f64 = rng.random();
         profiles.push(CustomerProfile {
             frequency: 3,
@@ -232,7 +235,7 @@ fn offers_bench(n_customers: usize, n_offers: usize, runs: usize, seed: u64) -> 
             clv: Some(rng.random_range(0.0..800.0)),
         });
         purchases.push(
-            histories[s]
+            history
                 .iter()
                 .filter_map(|(i, at)| {
                     model.item_index(i).map(|item| Purchase {

@@ -260,12 +260,11 @@ fn print_clv(r: &clv::Report, top: usize) {
             ""
         }
     );
-    match &r.gamma_gamma {
-        Some(g) => println!(
+    if let Some(g) = &r.gamma_gamma {
+        println!(
             "Gamma-Gamma: p = {:.4}  q = {:.4}  v = {:.4}  ({} repeat customers)",
             g.params.p, g.params.q, g.params.v, g.customers
-        ),
-        None => {}
+        );
     }
     for n in &r.notes {
         println!("note: {n}");
