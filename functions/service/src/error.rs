@@ -39,7 +39,7 @@ pub enum Error {
         reason: String,
     },
     /// Reading an input file failed.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The file.
         path: String,

@@ -148,15 +148,26 @@ pub(crate) fn minimize(
     // Not yet stationary: one more BFGS round from the best point. If it cannot lower the
     // objective any further, the optimum is a flat ridge (a parameter weakly determined,
     // running off slowly); with a small gradient that is accepted and flagged.
+    // BFGS restarts (a fresh inverse Hessian) recover from line-search stalls on
+    // ill-conditioned surfaces; stop once a round no longer helps.
     let mut flat = false;
-    if let Some((x0b, v0, g0)) = best.clone()
-        && g0 > grad_tol
-        && let Some((x, it)) = bfgs(f, &x0b, 500)
-    {
+    for _ in 0..4 {
+        let Some((x0b, v0, g0)) = best.clone() else {
+            break;
+        };
+        if g0 <= grad_tol {
+            break;
+        }
+        let Some((x, it)) = bfgs(f, &x0b, 500) else {
+            break;
+        };
         iterations += it;
         consider(&mut best, x);
         if let Some(b) = &best {
             flat = v0 - b.1 <= 1e-10 * v0.abs().max(1.0);
+        }
+        if flat {
+            break;
         }
     }
     match best {
