@@ -30,6 +30,23 @@ pub enum Error {
     /// The vector index could not be built, saved or loaded.
     #[error("vector index: {0}")]
     Index(String),
+    /// A maximum-likelihood fit did not reach a point where the gradient vanishes.
+    #[error("{model} fit did not converge: {reason}")]
+    NotConverged {
+        /// The model being fitted ("BG/NBD", "Gamma-Gamma").
+        model: &'static str,
+        /// Where it stopped and why that is not an optimum.
+        reason: String,
+    },
+    /// An offer definition (or a request about offers) broke a rule; `field` names it
+    /// with its path in the offer document (e.g. `eligibility.churn_risk.max`).
+    #[error("invalid offer field `{field}`: {reason}")]
+    InvalidOffer {
+        /// Dotted path of the field in the offer document.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Reading or writing an artifact file failed.
     #[error("i/o on {path}: {source}")]
     Io {

@@ -10,6 +10,7 @@
 
 pub mod als;
 pub mod artifact;
+pub mod crm;
 pub mod csr;
 pub mod error;
 pub mod eval;

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use affinity_model::model::Model;
-use affinity_service::demo;
 use affinity_service::retrain::{
     self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, TrainParams,
     TuneRequest, VersionMetrics, VersionParams, versions,
 };
+use affinity_service::{clv, demo};
 use affinity_store::import::{self, ImportOptions};
 use affinity_store::{Backend, JobId, JobRecord, ModelVersionId, Stores, TenantId};
 use anyhow::{Context, Result};
@@ -75,6 +75,39 @@ enum Cmd {
     },
     /// Train on your own train CSV and score your test CSV (full ranking, as `bench/quality`).
     Eval(eval::EvalArgs),
+    /// Fit BG/NBD and Gamma-Gamma on a transactions CSV: parameters and per-customer
+    /// P(alive), expected purchases and CLV (no store needed).
+    Clv {
+        /// The CSV file (one row per purchase, with a header).
+        file: PathBuf,
+        /// Column with the customer id.
+        #[arg(long, default_value = "customer_id")]
+        customer_col: String,
+        /// Column with the purchase date or timestamp.
+        #[arg(long, default_value = "date")]
+        date_col: String,
+        /// Column with the amount; without it there is no Gamma-Gamma and no CLV.
+        #[arg(long)]
+        amount_col: Option<String>,
+        /// Period and time unit: H (hour), D (day) or W (week, Monday to Sunday).
+        #[arg(long, default_value = "D")]
+        freq: String,
+        /// End of observation (default: the latest transaction).
+        #[arg(long)]
+        observation_end: Option<String>,
+        /// Horizon of expected purchases, in --freq units (default: one month of them).
+        #[arg(long)]
+        horizon: Option<f64>,
+        /// CLV horizon in months.
+        #[arg(long, default_value_t = 12)]
+        months: u32,
+        /// CLV discount rate per month.
+        #[arg(long, default_value_t = 0.01)]
+        discount: f64,
+        /// Print at most this many customers in the table (all with --json).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
     /// Retrain on the tenant's purchases: evaluate against the live model and popularity,
     /// promote only through the gate, register the version.
     Train {
@@ -202,6 +235,56 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Clv {
+        file,
+        customer_col,
+        date_col,
+        amount_col,
+        freq,
+        observation_end,
+        horizon,
+        months,
+        discount,
+        top,
+    } = &cli.cmd
+    {
+        let unit = freq.parse().context("--freq")?;
+        let observation_end = observation_end
+            .as_deref()
+            .map(|s| {
+                clv::parse_time(s).with_context(|| {
+                    format!("--observation-end: {s:?} is not a date (use 2024-05-01 or 2024-05-01T12:30:00Z)")
+                })
+            })
+            .transpose()?;
+        if horizon.is_some_and(|h| !(h.is_finite() && h > 0.0)) {
+            anyhow::bail!("--horizon must be a positive number");
+        }
+        if !(discount.is_finite() && *discount > -1.0) {
+            anyhow::bail!("--discount must be above -1");
+        }
+        let columns = clv::Columns {
+            customer: customer_col.clone(),
+            date: date_col.clone(),
+            amount: amount_col.clone(),
+        };
+        let tx = clv::read_transactions(file, &columns)?;
+        let opts = clv::Options {
+            unit,
+            observation_end,
+            horizon: *horizon,
+            months: *months,
+            monthly_discount: *discount,
+        };
+        let report = clv::analyse(&tx, &opts, amount_col.is_some())
+            .with_context(|| format!("{}", file.display()))?;
+        if cli.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_clv(&report, *top);
+        }
+        return Ok(());
+    }
     if let Cmd::Eval(args) = cli.cmd {
         // Files in, numbers out: no store involved.
         return eval::run(args, cli.json);
@@ -250,6 +333,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        // Answered above, before a store is opened.
+        Cmd::Clv { .. } => {}
         Cmd::Train { train, out } => {
             let outcome = retrain_now(&stores, request(&tenant, train)?).await?;
             if let Some(path) = out {
@@ -300,6 +385,79 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_clv(r: &clv::Report, top: usize) {
+    let p = &r.bgnbd.params;
+    println!(
+        "{} transactions, {} customers, unit {}, observation end {}",
+        r.transactions,
+        r.customers.len(),
+        r.freq,
+        r.observation_end
+    );
+    println!(
+        "BG/NBD:      r = {:.4}  alpha = {:.4}  a = {:.4}  b = {:.4}  (mean log-likelihood {:.4}{})",
+        p.r,
+        p.alpha,
+        p.a,
+        p.b,
+        r.bgnbd.mean_log_likelihood,
+        if r.bgnbd.at_boundary {
+            ", at a boundary: no dropout seen"
+        } else {
+            ""
+        }
+    );
+    if let Some(g) = &r.gamma_gamma {
+        println!(
+            "Gamma-Gamma: p = {:.4}  q = {:.4}  v = {:.4}  ({} repeat customers)",
+            g.params.p, g.params.q, g.params.v, g.customers
+        );
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    let mut rows: Vec<&clv::Row> = r.customers.iter().collect();
+    rows.sort_by(|a, b| {
+        b.clv
+            .unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&a.clv.unwrap_or(f64::NEG_INFINITY))
+            .then(
+                b.expected_purchases
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.expected_purchases.unwrap_or(0.0)),
+            )
+    });
+    println!(
+        "{:<20} {:>5} {:>9} {:>9} {:>8} {:>10} {:>10}",
+        "customer",
+        "freq",
+        "recency",
+        "T",
+        "P(alive)",
+        format!("E[{:.0}{}]", r.horizon, r.freq),
+        "CLV"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    for row in rows.iter().take(top) {
+        println!(
+            "{:<20} {:>5} {:>9.2} {:>9.2} {:>8.3} {:>10} {:>10}",
+            row.customer,
+            row.frequency,
+            row.recency,
+            row.t,
+            row.p_alive,
+            opt(row.expected_purchases),
+            opt(row.clv)
+        );
+    }
+    if rows.len() > top {
+        println!(
+            "... {} more (by CLV, then expected purchases; --json for all)",
+            rows.len() - top
+        );
+    }
 }
 
 /// A progress bar (with a length) or a spinner.

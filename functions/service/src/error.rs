@@ -108,6 +108,30 @@ pub enum Error {
         /// The join error.
         message: String,
     },
+    /// Two inputs that must belong together do not (e.g. a CRM snapshot of another model).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A user's input file broke a rule; names the file, line and field.
+    #[error("{file}:{line}: field `{field}`: {reason}")]
+    BadInput {
+        /// The file as given.
+        file: String,
+        /// 1-based line (the header is line 1).
+        line: u64,
+        /// Column or flag name.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading an input file failed.
+    #[error("reading {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -378,11 +402,14 @@ impl From<Error> for ApiError {
                 field,
                 message: reason,
             },
+            e @ Error::BadInput { .. } => ApiError::InvalidBody(e.to_string()),
             e @ (Error::Model { .. }
             | Error::Setting { .. }
             | Error::Runtime { .. }
             | Error::Injected { .. }
-            | Error::Task { .. }) => ApiError::Internal(e.to_string()),
+            | Error::Task { .. }
+            | Error::Mismatch(_)
+            | Error::Io { .. }) => ApiError::Internal(e.to_string()),
         }
     }
 }

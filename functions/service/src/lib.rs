@@ -8,8 +8,10 @@
 //! [`answers`] (the storefront queries with filters, fallbacks and reasons) and
 //! [`host::serve`] (Lambda or TCP). [`training`] reads a tenant's purchases and trains a
 //! model; [`retrain`] is the retrain pipeline (lock, scan, fit, evaluate, gate, artifact,
-//! registry, pointer flip) and the model-version operations; [`demo`] fills a store with a
-//! seeded, realistic demo shop.
+//! registry, pointer flip) and the model-version operations; [`crm`] computes customer
+//! profiles and answers next best offers; [`clv`] fits BG/NBD and Gamma-Gamma on any
+//! transactions CSV for the data team; [`demo`] fills a store with a seeded, realistic
+//! demo shop.
 //!
 //! Request flow: host -> router -> [`auth::Caller`] (bearer key, scopes) -> validated
 //! extractors ([`extract`]) -> handler -> live model + store (history, catalog snapshot) ->
@@ -19,6 +21,8 @@
 pub mod answers;
 pub mod auth;
 pub mod catalog;
+pub mod clv;
+pub mod crm;
 pub mod demo;
 pub mod error;
 pub mod extract;

@@ -691,7 +691,7 @@ async fn tuning_chooses_on_validation_and_records_the_trials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lambda_event_path_runs_the_same_pipeline() {
     let h = Harness::embedded().await;
-    shop(&h, 200).await;
+    shop(&h, 600).await;
     let event = serde_json::json!({
         "version": "0", "id": "evt-1234", "detail-type": "Scheduled Event",
         "source": "aws.events", "account": "123456789012", "time": "2026-11-02T02:00:00Z",
@@ -700,7 +700,7 @@ async fn the_lambda_event_path_runs_the_same_pipeline() {
     let out = retrain::invocation::handle(&h.deps(), event.clone(), &h.tenant, "req-1")
         .await
         .unwrap();
-    assert_eq!(out["verdict"], "promoted");
+    assert_eq!(out["verdict"], "promoted", "{out:#}");
     assert_eq!(out["job_id"], "evt-evt-1234");
     // EventBridge delivers the same event twice: the second is answered, not retrained.
     let again = retrain::invocation::handle(&h.deps(), event, &h.tenant, "req-2")

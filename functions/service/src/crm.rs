@@ -1,0 +1,404 @@
+//! Customer insight and offers on top of the store: the glue between the store's records
+//! and the pure engine in `affinity_model::crm`, so HTTP routes stay thin wrappers.
+//!
+//! - [`compute_snapshot`] (at retrain, next to the trained model): every customer's profile
+//!   (RFM, tier, P(alive), churn risk, expected purchases, CLV) from the purchases in the
+//!   store (amounts = quantity x unit price, in major currency units), the typical
+//!   repurchase intervals, and each offer's calibration statistics.
+//! - [`offer_engine`] prepares the live offers against a model and a snapshot;
+//!   [`customer_offers`] answers one customer's next best offers from store data.
+//!
+//! Conversions from store records ([`offer_from_record`], [`past_event`]) live here so the
+//! model crate never depends on the store.
+
+use std::collections::{BTreeMap, HashMap};
+
+use affinity_model::crm::offers::{
+    CustomerView, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest, OfferStats,
+    PastEvent, ScoredOffer,
+};
+use affinity_model::crm::profile::{CustomerProfile, ProfileConfig, Profiles, build_profiles};
+use affinity_model::crm::summary::Transaction;
+use affinity_model::model::{Model, Purchase as ModelPurchase};
+use affinity_store::{
+    CustomerId, OfferEvent, OfferEventKind, OfferRecord, OfferStatus, Purchase, RecordStore,
+    TenantId,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::training::SCAN_SEGMENTS;
+
+/// Purchases read per customer at request time (newest first).
+pub const HISTORY_LIMIT: usize = 500;
+/// Offer events read per customer at request time (newest first; caps and cooldowns).
+pub const EVENT_LIMIT: usize = 1000;
+/// Offer events read per offer for calibration and budgets.
+pub const OFFER_EVENT_LIMIT: usize = 20_000;
+
+/// What retrain computes for customer insight, tied to one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrmSnapshot {
+    /// Model version the item and category indices refer to.
+    pub model_version: String,
+    /// Every customer's profile.
+    pub profiles: Profiles<String>,
+    /// Typical repurchase intervals by model item / category index.
+    pub intervals: Intervals,
+    /// Response of each offer so far (budgets, calibration), by offer id.
+    pub offer_stats: BTreeMap<String, OfferStats>,
+}
+
+impl CrmSnapshot {
+    /// The profile of a customer; a newcomer's when they bought nothing in the window.
+    pub fn profile(&self, customer: &str) -> CustomerProfile {
+        self.profiles
+            .get(&customer.to_owned())
+            .cloned()
+            .unwrap_or_else(|| CustomerProfile::newcomer(&self.profiles.config))
+    }
+}
+
+/// A purchase's amount in major currency units (minor units / 100).
+fn amount(p: &Purchase) -> f64 {
+    f64::from(p.quantity.get()) * p.unit_price_minor as f64 / 100.0
+}
+
+/// The store's offer record as an engine offer; a document that breaks a rule is an error
+/// naming the field.
+pub fn offer_from_record(r: &OfferRecord) -> affinity_model::Result<Offer> {
+    Offer::parse(r.offer_id.as_str(), &r.document)
+}
+
+/// The store's offer event as the engine sees it.
+pub fn past_event(e: &OfferEvent) -> PastEvent {
+    PastEvent {
+        offer: e.offer_id.as_str().to_owned(),
+        kind: match e.kind {
+            OfferEventKind::Shown => EventKind::Shown,
+            OfferEventKind::Accepted => EventKind::Accepted,
+            OfferEventKind::Declined => EventKind::Declined,
+        },
+        at: e.at.timestamp(),
+    }
+}
+
+/// A customer's store purchases as model purchases (items the model does not know dropped).
+pub fn model_purchases(model: &Model, purchases: &[Purchase]) -> Vec<ModelPurchase> {
+    purchases
+        .iter()
+        .filter_map(|p| {
+            model
+                .item_index(p.item_id.as_str())
+                .map(|item| ModelPurchase {
+                    item,
+                    quantity: p.quantity.get() as f32,
+                    at: p.purchased_at.timestamp(),
+                })
+        })
+        .collect()
+}
+
+/// Active offers whose documents parse; invalid stored documents are logged and skipped
+/// (they were validated on the way in, so this only happens after a rule change).
+pub async fn live_offers(store: &dyn RecordStore, tenant: &TenantId) -> Result<Vec<Offer>> {
+    let records = store.list_offers(tenant).await.step("list offers")?;
+    Ok(records
+        .iter()
+        .filter(|r| r.status == OfferStatus::Active)
+        .filter_map(|r| match offer_from_record(r) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(offer = r.offer_id.as_str(), error = %e, "skipping invalid offer");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Profiles, intervals and offer statistics for a tenant, computed from the store with
+/// `model` (the freshly trained one). Suitable for the retrain pipeline.
+pub async fn compute_snapshot(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+    observation_end: DateTime<Utc>,
+    profile_config: &ProfileConfig,
+    engine_config: &EngineConfig,
+) -> Result<CrmSnapshot> {
+    let scan = store
+        .scan_purchases(tenant, SCAN_SEGMENTS)
+        .await
+        .step("scan purchases")?;
+    let tx: Vec<Transaction<String>> = scan
+        .purchases
+        .iter()
+        .map(|p| Transaction {
+            customer: p.customer_id.as_str().to_owned(),
+            at: p.purchased_at.timestamp(),
+            amount: amount(p),
+        })
+        .collect();
+    let profiles = build_profiles(&tx, observation_end.timestamp(), profile_config)
+        .step("customer profiles")?;
+    for note in &profiles.notes {
+        tracing::info!(tenant = tenant.as_str(), note = note.as_str(), "profiles");
+    }
+    // Customer ids -> dense indices, for intervals and calibration.
+    let mut customer_index: HashMap<&str, u32> = HashMap::new();
+    let mut by_customer: Vec<Vec<ModelPurchase>> = Vec::new();
+    let mut triples = Vec::with_capacity(scan.purchases.len());
+    for p in &scan.purchases {
+        let Some(item) = model.item_index(p.item_id.as_str()) else {
+            continue;
+        };
+        let next = customer_index.len() as u32;
+        let c = *customer_index.entry(p.customer_id.as_str()).or_insert(next);
+        if c as usize == by_customer.len() {
+            by_customer.push(Vec::new());
+        }
+        let at = p.purchased_at.timestamp();
+        by_customer[c as usize].push(ModelPurchase {
+            item,
+            quantity: p.quantity.get() as f32,
+            at,
+        });
+        triples.push((c, item, at));
+    }
+    let intervals = Intervals::compute(model, &triples, &engine_config.repurchase);
+
+    // Offer statistics: contacts and acceptances, and the model's mean uncalibrated
+    // propensity for the customers it was shown to (what calibration compares against).
+    let offers = live_offers(store, tenant).await?;
+    let mut offer_stats = BTreeMap::new();
+    let engine = OfferEngine::new(
+        model,
+        offers
+            .iter()
+            .map(|o| (o.clone(), OfferStats::default()))
+            .collect(),
+        vec![true; model.items.len()],
+        intervals.clone(),
+        *engine_config,
+    )
+    .step("prepare offers")?;
+    let now = observation_end.timestamp();
+    for (idx, offer) in offers.iter().enumerate() {
+        let id = affinity_store::OfferId::parse(offer.id.clone()).step("offer id")?;
+        let events = store
+            .events_by_offer(tenant, &id, None, OFFER_EVENT_LIMIT)
+            .await
+            .step("read offer events")?;
+        let mut stats = OfferStats::default();
+        let mut predicted = Vec::new();
+        for e in &events {
+            match e.kind {
+                OfferEventKind::Shown => {
+                    stats.shown += 1;
+                    let profile = profiles
+                        .get(&e.customer_id.as_str().to_owned())
+                        .cloned()
+                        .unwrap_or_else(|| CustomerProfile::newcomer(profile_config));
+                    let purchases = customer_index
+                        .get(e.customer_id.as_str())
+                        .map(|&c| by_customer[c as usize].as_slice())
+                        .unwrap_or(&[]);
+                    let view = CustomerView {
+                        profile: &profile,
+                        purchases,
+                        events: &[],
+                    };
+                    predicted.push(engine.uncalibrated_propensity(idx, &view, now));
+                }
+                OfferEventKind::Accepted => stats.accepted += 1,
+                OfferEventKind::Declined => {}
+            }
+        }
+        if !predicted.is_empty() {
+            stats.mean_predicted = Some(predicted.iter().sum::<f64>() / predicted.len() as f64);
+        }
+        offer_stats.insert(offer.id.clone(), stats);
+    }
+    Ok(CrmSnapshot {
+        model_version: model.version().to_owned(),
+        profiles,
+        intervals,
+        offer_stats,
+    })
+}
+
+/// The engine for the live offers, with their statistics from the snapshot and the
+/// catalog's repurchasable flags.
+pub async fn offer_engine<'m>(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &'m Model,
+    snapshot: &CrmSnapshot,
+    config: EngineConfig,
+) -> Result<OfferEngine<'m>> {
+    if snapshot.model_version != model.version() {
+        return Err(Error::Mismatch(format!(
+            "CRM snapshot is for model {}, serving model is {}",
+            snapshot.model_version,
+            model.version()
+        )));
+    }
+    let offers = live_offers(store, tenant).await?;
+    let items = store.list_items(tenant).await.step("list catalog items")?;
+    // Items missing from the catalog count as repurchasable: never hide what we know nothing of.
+    let mut repurchasable = vec![true; model.items.len()];
+    for it in &items {
+        if let Some(i) = model.item_index(it.item_id.as_str()) {
+            repurchasable[i as usize] = it.repurchasable;
+        }
+    }
+    let with_stats = offers
+        .into_iter()
+        .map(|o| {
+            let s = snapshot.offer_stats.get(&o.id).copied().unwrap_or_default();
+            (o, s)
+        })
+        .collect();
+    OfferEngine::new(
+        model,
+        with_stats,
+        repurchasable,
+        snapshot.intervals.clone(),
+        config,
+    )
+    .step("prepare offers")
+}
+
+/// One customer's next best offers from store data: history, offer events over all
+/// channels, flags (opted-out customers get none; a tier override replaces the tier).
+pub async fn customer_offers(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    engine: &OfferEngine<'_>,
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    customer: &CustomerId,
+    request: &OfferRequest,
+) -> Result<Vec<ScoredOffer>> {
+    let flags = store
+        .get_customer(tenant, customer)
+        .await
+        .step("read customer flags")?;
+    if flags.as_ref().is_some_and(|f| f.opt_out) {
+        return Ok(Vec::new());
+    }
+    let history = store
+        .customer_history(tenant, customer, HISTORY_LIMIT)
+        .await
+        .step("read customer history")?;
+    let events = store
+        .events_by_customer(tenant, customer, None, EVENT_LIMIT)
+        .await
+        .step("read offer events")?;
+    let mut profile = snapshot.profile(customer.as_str());
+    if let Some(t) = flags.and_then(|f| f.tier_override) {
+        profile.tier = t;
+    }
+    let purchases = model_purchases(model, &history);
+    let events: Vec<PastEvent> = events.iter().map(past_event).collect();
+    Ok(engine.next_best_offers(
+        &CustomerView {
+            profile: &profile,
+            purchases: &purchases,
+            events: &events,
+        },
+        request,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo;
+    use affinity_model::model::TrainConfig;
+    use affinity_store::{Channel, EventId, OfferId, Stores};
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn demo_shop_profiles_and_offers_from_the_store() {
+        let stores = Stores::memory().unwrap();
+        let store = stores.records.as_ref();
+        let tenant = TenantId::default();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        demo::populate(store, &tenant, 400, 7, now).await.unwrap();
+        let model =
+            crate::training::train_tenant(store, &tenant, &TrainConfig::default(), "v1", &|_| {})
+                .await
+                .unwrap();
+        let category = model.categories[0].clone();
+        let offer = OfferRecord {
+            offer_id: OfferId::parse("spring").unwrap(),
+            status: OfferStatus::Active,
+            document: json!({"kind": "discount", "categories": [category], "value": 50, "cost": 0.01,
+                             "caps": {"cooldown_days": 7}}),
+            updated_at: now,
+        };
+        store.upsert_offers(&tenant, &[offer]).await.unwrap();
+        let snap = compute_snapshot(
+            store,
+            &tenant,
+            &model,
+            now,
+            &ProfileConfig::default(),
+            &EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert!(snap.profiles.bgnbd.is_some(), "{:?}", snap.profiles.notes);
+        assert!(!snap.profiles.customers.is_empty());
+        let engine = offer_engine(store, &tenant, &model, &snap, EngineConfig::default())
+            .await
+            .unwrap();
+        // A customer who bought in the category gets the offer, then not during the cooldown.
+        let cat = model.category_index(&category).unwrap();
+        let mut chosen = None;
+        for (c, _) in &snap.profiles.customers {
+            let id = CustomerId::parse(c.clone()).unwrap();
+            let h = store.customer_history(&tenant, &id, 100).await.unwrap();
+            let in_cat = h.iter().any(|p| {
+                model
+                    .item_index(p.item_id.as_str())
+                    .and_then(|i| model.item_category[i as usize])
+                    == Some(cat)
+            });
+            if in_cat {
+                chosen = Some(id);
+                break;
+            }
+        }
+        let id = chosen.unwrap();
+        let req = OfferRequest {
+            channel: "web".into(),
+            now: now.timestamp(),
+            k: 3,
+            allow_same_category: false,
+        };
+        let got = customer_offers(store, &tenant, &engine, &model, &snap, &id, &req)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].offer_id, "spring");
+        assert!(got[0].reasons.matched_purchases.iter().any(|m| m.direct));
+        let shown = OfferEvent {
+            event_id: EventId::parse("e1").unwrap(),
+            customer_id: id.clone(),
+            offer_id: OfferId::parse("spring").unwrap(),
+            kind: OfferEventKind::Shown,
+            channel: Channel::parse("email").unwrap(),
+            recommendation_id: None,
+            at: now - chrono::Duration::days(1),
+        };
+        store.put_offer_events(&tenant, &[shown]).await.unwrap();
+        let got = customer_offers(store, &tenant, &engine, &model, &snap, &id, &req)
+            .await
+            .unwrap();
+        assert!(got.is_empty(), "cooldown applies across channels");
+    }
+}
