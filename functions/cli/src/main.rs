@@ -811,10 +811,49 @@ async fn show_examples(
             })
             .unwrap_or_else(|| id.to_owned())
     };
+    let short = |i: u32| {
+        let t = title(i);
+        t.split(" (").next().unwrap_or(&t).to_owned()
+    };
+    // The same reasons the API returns, worded for a person.
+    let why = |r: &affinity_model::model::Reason| -> String {
+        use affinity_model::model::Reason;
+        match *r {
+            Reason::AlsoBought {
+                anchor,
+                shared_buyers,
+                similarity,
+            } => format!(
+                "{shared_buyers} customers bought it with {} (similarity {similarity:.2})",
+                short(anchor)
+            ),
+            Reason::SimilarTaste { anchor, similarity } => {
+                format!("close to {} (similarity {similarity:.2})", short(anchor))
+            }
+            Reason::ForYou {
+                because_of: Some(p),
+                similarity,
+            } => format!(
+                "because they bought {} (similarity {similarity:.2})",
+                short(p)
+            ),
+            Reason::ForYou {
+                because_of: None, ..
+            } => "matches their purchase history".to_owned(),
+            Reason::Popular { category: Some(c) } => format!(
+                "popular in {}",
+                model
+                    .categories
+                    .get(c as usize)
+                    .map_or("its category", |s| s.as_str())
+            ),
+            Reason::Popular { category: None } => "popular overall".to_owned(),
+        }
+    };
     let print = |heading: String, res: Vec<affinity_model::model::Scored>| {
         println!("\n{heading}");
         for s in res {
-            println!("  {:<40} {:?}", title(s.item), s.reason);
+            println!("  {:<40} {}", title(s.item), why(&s.reason));
         }
     };
     if let Some(i) = model.item_index(&shop.example_item) {

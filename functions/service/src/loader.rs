@@ -233,44 +233,55 @@ impl ModelCache {
 
     /// Reads, verifies and decodes a version's artifact, with the tenant's catalog.
     async fn load(&self, tenant: &TenantId, version: ModelVersion) -> Result<Serving> {
-        let bytes = self
-            .stores
-            .blobs
-            .get(tenant, &version.artifact_key)
-            .await
-            .step("read model artifact")?;
+        let started = Instant::now();
+        let ms = move || started.elapsed().as_secs_f64() * 1e3;
         let expected = version.checksum.clone();
-        // Hashing and decoding tens of megabytes is CPU work: keep it off the reactor.
-        let model = tokio::task::spawn_blocking(move || -> Result<Model> {
-            // The whole-file digest (identity with the registry) runs beside the decode
-            // (which verifies each section): cold start pays for the slower of the two.
-            let (actual, decoded) = std::thread::scope(|s| {
-                let digest = s.spawn(|| affinity_model::artifact::digest(&bytes));
-                let decoded = Model::from_bytes(&bytes);
-                (digest.join(), decoded)
-            });
-            let actual = actual
-                .map_err(|_| Error::runtime("hash model artifact", "hashing thread panicked"))?;
-            if !actual.eq_ignore_ascii_case(&expected) {
-                return Err(Error::Model {
-                    step: "verify artifact checksum",
-                    source: affinity_model::Error::Artifact(format!(
-                        "artifact checksum {actual} does not match the registry's {expected}"
-                    )),
-                });
-            }
-            decoded.step("decode model artifact")
-        })
-        .await
-        .map_err(|e| Error::runtime("decode model artifact", e))??;
-        let items = self
-            .stores
-            .records
-            .list_items(tenant)
+        // The artifact (read, then one whole-file digest that vouches for every section,
+        // then decode, off the reactor) and the catalog listing (store I/O) go side by side.
+        let artifact = async {
+            let bytes = self
+                .stores
+                .blobs
+                .get(tenant, &version.artifact_key)
+                .await
+                .step("read model artifact")?;
+            let read_ms = ms();
+            let artifact_bytes = bytes.len();
+            let model = tokio::task::spawn_blocking(move || {
+                Model::from_bytes_with_digest(&bytes, &expected)
+                    .step("verify and decode model artifact")
+            })
             .await
-            .step("list catalog")?;
+            .map_err(|e| Error::runtime("decode model artifact", e))??;
+            Ok::<_, Error>((model, artifact_bytes, read_ms, ms()))
+        };
+        let catalog = async {
+            let items = self
+                .stores
+                .records
+                .list_items(tenant)
+                .await
+                .step("list catalog")?;
+            Ok::<_, Error>((items, ms()))
+        };
+        let (artifact, catalog) = tokio::join!(artifact, catalog);
+        let ((model, artifact_bytes, read_ms, decoded_ms), (items, listed_ms)) =
+            (artifact?, catalog?);
+        let joined_ms = ms();
+        let catalog = Arc::new(CatalogView::build(&model, &items));
+        // Where a cold start goes, for operators reading the logs.
+        tracing::info!(
+            tenant = %tenant,
+            model_version = %version.version,
+            artifact_bytes,
+            read_ms,
+            verify_decode_ms = decoded_ms - read_ms,
+            list_catalog_ms = listed_ms,
+            catalog_view_ms = ms() - joined_ms,
+            "model artifact loaded"
+        );
         Ok(Serving {
-            catalog: Arc::new(CatalogView::build(&model, &items)),
+            catalog,
             model: Arc::new(model),
             version,
             loaded_at: Utc::now(),
