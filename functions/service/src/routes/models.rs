@@ -17,7 +17,7 @@ use affinity_store::{
     DataCounts, JobId, JobRecord, JobStatus, LivePointer, ModelVersionId, Scope, TenantId,
 };
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use chrono::{DateTime, TimeZone, Utc};
@@ -140,11 +140,33 @@ async fn live_model(
     ))
 }
 
+/// A JSON body whose fields are all optional: a request without any body (no
+/// `Content-Type`, no length, as `curl -X POST` sends) means the defaults; a body that is
+/// sent must be valid JSON of the schema.
+fn or_default<T: Default>(
+    headers: &HeaderMap,
+    body: Result<ApiJson<T>, ApiError>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(ApiJson(b)) => Ok(b),
+        Err(ApiError::UnsupportedMediaType(_))
+            if !headers.contains_key(header::CONTENT_TYPE)
+                && !headers.contains_key(header::TRANSFER_ENCODING)
+                && headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_none_or(|v| v.as_bytes() == b"0") =>
+        {
+            Ok(T::default())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Most versions one listing returns.
 pub const MAX_LIST_LIMIT: usize = 200;
 
-/// `POST /v1/models:retrain`: the same request `affinity train` builds. Send `{}` for a
-/// plain run.
+/// `POST /v1/models:retrain`: the same request `affinity train` builds. No body (or `{}`)
+/// for a plain run.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrainBody {
@@ -194,9 +216,11 @@ pub struct RetrainAccepted {
 async fn retrain(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<RetrainBody>,
+    headers: HeaderMap,
+    body: Result<ApiJson<RetrainBody>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::ModelsAdmin)?;
+    let body = or_default(&headers, body)?;
     let job_id = match body.job_id {
         Some(j) => JobId::parse(j).map_err(|e| ApiError::field("job_id", store_reason(e)))?,
         None => new_job_id("api")?,
@@ -372,7 +396,7 @@ async fn show_model(
     Ok(Json(view.into()))
 }
 
-/// `POST /v1/models/{version}/promote`.
+/// `POST /v1/models/{version}/promote` (no body means `force: false`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteBody {
@@ -429,9 +453,11 @@ async fn promote_model(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
-    ApiJson(body): ApiJson<PromoteBody>,
+    headers: HeaderMap,
+    body: Result<ApiJson<PromoteBody>, ApiError>,
 ) -> Result<Json<PointerInfo>, ApiError> {
     caller.require(Scope::ModelsAdmin)?;
+    let body = or_default(&headers, body)?;
     let version = version_id(raw)?;
     let pointer = versions::promote(&state.stores, &caller.tenant, &version, body.force).await?;
     served_now(&state, &caller.tenant);

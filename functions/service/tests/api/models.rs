@@ -248,6 +248,32 @@ async fn a_rejected_version_needs_force_and_a_held_lock_is_a_conflict() {
             .contains("already running"),
         "{b}"
     );
+    // No body at all (as `curl -X POST` sends) means the defaults: it reaches the lock too.
+    let (s, b) = app
+        .call("POST", "/v1/models:retrain", Some(&app.keys.all), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    // A body with another media type is still refused.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/models:retrain")
+        .header("authorization", format!("Bearer {}", app.keys.all))
+        .header("content-type", "text/plain")
+        .body(Body::from("force"))
+        .unwrap();
+    let (s, b) = app.send(req).await;
+    assert_eq!(error_code(s, &b), "unsupported_media_type");
+    // Promote without a body: force is false, the live version stays live.
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/v1/models/{version}/promote"),
+            Some(&app.keys.all),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["live"], json!(version));
 }
 
 #[tokio::test]
