@@ -12,11 +12,13 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use affinity_bench::{peak_rss_mb, r4};
-use affinity_service::retrain::{self, Outcome, RetrainDeps, RetrainRequest, RetrainSettings};
+use affinity_service::retrain::{
+    self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, Step,
+};
 use affinity_store::{
     CatalogItem, Category, CustomerId, ItemId, OrderId, Purchase, RecordStore, SqliteStore, Stores,
     TenantId, WriteOutcome,
@@ -261,7 +263,70 @@ async fn flush(store: &dyn RecordStore, batch: &mut Vec<Purchase>) -> Result<u64
     Ok(n as u64)
 }
 
-fn report(label: &str, o: &Outcome, wall: f64) {
+/// CPU seconds (user + system, all threads) this process has used: `/proc/self/stat`
+/// fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Resets `VmHWM` to the current RSS (Linux `clear_refs` 5), so the next reading is the
+/// peak since now.
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("cannot reset the peak RSS ({e}): per-step peaks are cumulative");
+    }
+}
+
+/// One step as the probe saw it.
+#[derive(Clone, Debug)]
+struct StepUse {
+    step: Step,
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+}
+
+/// Per-step CPU time and peak RSS, sampled at step boundaries through the pipeline's
+/// progress sink (wall times come from the pipeline itself).
+#[derive(Default)]
+struct Probe {
+    open: Mutex<Option<(Step, f64)>>,
+    done: Mutex<Vec<StepUse>>,
+}
+
+impl Probe {
+    fn enter(&self, next: Option<Step>) {
+        let cpu = cpu_seconds();
+        let peak = peak_rss_mb();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((step, at)) = open.take() {
+            self.done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(StepUse {
+                    step,
+                    cpu_seconds: cpu - at,
+                    peak_rss_mb: peak,
+                });
+        }
+        reset_peak_rss();
+        *open = next.map(|s| (s, cpu_seconds()));
+    }
+
+    fn take(&self) -> Vec<StepUse> {
+        self.enter(None);
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn report(label: &str, o: &Outcome, wall: f64, used: &[StepUse]) {
     eprintln!(
         "{label}: {} {} in {wall:.1}s ({} purchases, {} customers, {} items); holdout {} customers, candidate recall@10 {:.4} NDCG@10 {:.4}, popularity {:.4} / {:.4}{}",
         o.version,
@@ -281,16 +346,48 @@ fn report(label: &str, o: &Outcome, wall: f64) {
             .unwrap_or_default()
     );
     for s in &o.timings {
-        eprintln!("  {:<13} {:>8.2}s", s.step.as_str(), s.seconds);
+        let u = used.iter().find(|u| u.step == s.step);
+        eprintln!(
+            "  {:<13} {:>8.2}s wall {:>8.2}s cpu {:>7.0} MB peak RSS",
+            s.step.as_str(),
+            s.seconds,
+            u.map_or(0.0, |u| u.cpu_seconds),
+            u.map_or(0.0, |u| u.peak_rss_mb),
+        );
     }
 }
 
-fn steps_json(o: &Outcome) -> serde_json::Value {
+/// The 1, 5 and 15 minute load averages: other work on the machine slows every step.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Per step: wall seconds, CPU seconds, peak RSS in MB.
+fn steps_json(o: &Outcome, used: &[StepUse]) -> serde_json::Value {
     o.timings
         .iter()
-        .map(|s| (s.step.as_str().to_owned(), serde_json::json!(r4(s.seconds))))
+        .map(|s| {
+            let u = used.iter().find(|u| u.step == s.step);
+            (
+                s.step.as_str().to_owned(),
+                serde_json::json!({
+                    "wall_s": r4(s.seconds),
+                    "cpu_s": r4(u.map_or(0.0, |u| u.cpu_seconds)),
+                    "peak_rss_mb": u.map_or(0.0, |u| u.peak_rss_mb).round(),
+                }),
+            )
+        })
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+fn run_peak(used: &[StepUse]) -> f64 {
+    used.iter()
+        .map(|u| u.peak_rss_mb)
+        .fold(0.0, f64::max)
+        .round()
 }
 
 async fn run(dir: &Path, shape: &Shape) -> Result<()> {
@@ -306,14 +403,29 @@ async fn run(dir: &Path, shape: &Shape) -> Result<()> {
         dir.display()
     );
     let stores = open(dir).await?;
-    let deps = RetrainDeps::new(stores.clone(), RetrainSettings::default());
+    let load_start = load_average();
+    let probe = Arc::new(Probe::default());
+    let sink = Arc::clone(&probe);
+    let deps = RetrainDeps::new(stores.clone(), RetrainSettings::default()).with_progress(
+        Arc::new(move |p| {
+            if let Progress::Step(step) = p {
+                sink.enter(Some(step));
+            }
+        }),
+    );
     let threads = rayon::current_num_threads();
 
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let first = retrain::run_once(&deps, RetrainRequest::new(tenant())).await?;
     let first_wall = t.elapsed().as_secs_f64();
-    report("first retrain (no live model)", &first, first_wall);
-    let first_peak = peak_rss_mb();
+    let first_cpu = cpu_seconds() - cpu;
+    let first_used = probe.take();
+    report(
+        "first retrain (no live model)",
+        &first,
+        first_wall,
+        &first_used,
+    );
 
     let t = Instant::now();
     let recent = write_purchases(stores.records.as_ref(), shape, Part::Recent).await?;
@@ -322,13 +434,17 @@ async fn run(dir: &Path, shape: &Shape) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let t = Instant::now();
+    probe.take();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let second = retrain::run_once(&deps, RetrainRequest::new(tenant())).await?;
     let wall = t.elapsed().as_secs_f64();
+    let second_cpu = cpu_seconds() - cpu;
+    let used = probe.take();
     report(
         "steady-state retrain (against the live model)",
         &second,
         wall,
+        &used,
     );
     println!(
         "{}",
@@ -338,19 +454,23 @@ async fn run(dir: &Path, shape: &Shape) -> Result<()> {
             "customers": second.counts.customers,
             "items": second.counts.items,
             "wall_seconds": r4(wall),
-            "peak_rss_mb": peak_rss_mb().round(),
+            "cpu_seconds": r4(second_cpu),
+            "peak_rss_mb": run_peak(&used),
+            "load_average_start": load_start,
+            "load_average_end": load_average(),
             "threads": threads,
             "verdict": second.verdict.as_str(),
             "holdout_customers": second.evaluation.customers,
             "recall_at_10": r4(second.evaluation.candidate.recall),
             "live_recall_at_10": second.evaluation.live.as_ref().map(|l| r4(l.metrics.recall)),
             "popularity_recall_at_10": r4(second.evaluation.popularity.recall),
-            "steps": steps_json(&second),
+            "steps": steps_json(&second, &used),
             "first_run": {
                 "purchases": first.counts.purchases,
                 "wall_seconds": r4(first_wall),
-                "peak_rss_mb": first_peak.round(),
-                "steps": steps_json(&first),
+                "cpu_seconds": r4(first_cpu),
+                "peak_rss_mb": run_peak(&first_used),
+                "steps": steps_json(&first, &first_used),
             },
         })
     );

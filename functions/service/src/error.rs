@@ -72,6 +72,15 @@ pub enum Error {
         /// The step that noticed.
         step: &'static str,
     },
+    /// A dependency (another function, a backend) could not be reached; safe to retry
+    /// (HTTP 503).
+    #[error("{step}: {message}")]
+    Unavailable {
+        /// What the service was doing.
+        step: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// A state change was refused because the state moved meanwhile (HTTP 409).
     #[error("{0}")]
     Conflict(String),
@@ -397,6 +406,7 @@ impl From<Error> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             Error::Conflict(message) => ApiError::Conflict(message),
+            e @ Error::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             Error::NotFound { what, key } => ApiError::not_found(what, &key),
             Error::Invalid { field, reason } => ApiError::InvalidField {
                 field,

@@ -288,6 +288,18 @@ impl ModelCache {
         })
     }
 
+    /// Makes the next request re-check the tenant's live pointer (after this process
+    /// flipped it: a promotion, a rollback, a retrain), so the change is served at once
+    /// instead of after `model_check`. The current model keeps answering until the new
+    /// one is loaded.
+    pub fn invalidate(&self, tenant: &TenantId) {
+        *self
+            .slot(tenant)
+            .next_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Applies catalog items this instance just wrote, so stock changes count at once.
     pub fn catalog_written(&self, tenant: &TenantId, items: &[CatalogItem]) {
         let slot = self.slot(tenant);

@@ -70,6 +70,10 @@ pub struct Settings {
     pub log_hash_key: Option<Vec<u8>>,
     /// True when running inside AWS Lambda.
     pub on_lambda: bool,
+    /// Retrain function `POST /v1/models:retrain` invokes (None: run in this process).
+    pub retrain_function: Option<String>,
+    /// Pipeline settings of a retrain run in this process.
+    pub retrain: crate::retrain::RetrainSettings,
 }
 
 impl Settings {
@@ -85,7 +89,9 @@ impl Settings {
     /// `AFFINITY_MAX_BODY_BYTES` (1048576), `AFFINITY_MAX_BATCH` (500), `AFFINITY_MAX_BASKET`
     /// (50), `AFFINITY_HISTORY` (500), `AFFINITY_LOG` (`info`), `AFFINITY_LOG_FORMAT`
     /// (`json` on Lambda, `pretty` elsewhere), `AFFINITY_LOG_HASH_KEY` (hex; random when
-    /// unset) and `AWS_LAMBDA_RUNTIME_API` (set by Lambda).
+    /// unset), `AFFINITY_RETRAIN_FUNCTION` (unset: retrain in this process), the retrain
+    /// pipeline's (see `RetrainSettings::from_lookup`) and `AWS_LAMBDA_RUNTIME_API` (set by
+    /// Lambda).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let backend = Backend::from_lookup(&get).map_err(|source| Error::Store {
             step: "read backend settings",
@@ -152,6 +158,8 @@ impl Settings {
             log_filter: get("AFFINITY_LOG").unwrap_or_else(|| "info".into()),
             log_hash_key,
             on_lambda,
+            retrain_function: get("AFFINITY_RETRAIN_FUNCTION").filter(|f| !f.trim().is_empty()),
+            retrain: crate::retrain::RetrainSettings::from_lookup(&get)?,
         })
     }
 
@@ -168,6 +176,8 @@ impl Settings {
             log_filter: "warn".into(),
             log_hash_key: Some(vec![7; 32]),
             on_lambda: false,
+            retrain_function: None,
+            retrain: crate::retrain::RetrainSettings::default(),
         }
     }
 }

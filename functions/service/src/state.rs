@@ -6,6 +6,7 @@ use affinity_store::Stores;
 
 use crate::auth::KeyCache;
 use crate::loader::ModelCache;
+use crate::retrain::trigger::Retrainer;
 use crate::settings::{Limits, Settings};
 use crate::telemetry::CustomerHasher;
 
@@ -22,21 +23,32 @@ pub struct AppState {
     pub limits: Limits,
     /// Customer ids to log-safe tags.
     pub hasher: CustomerHasher,
+    /// Where `POST /v1/models:retrain` runs a retrain.
+    pub retrainer: Arc<Retrainer>,
 }
 
 impl AppState {
-    /// Builds the state from opened stores and settings.
+    /// Builds the state from opened stores and settings; retrains run in this process
+    /// (see [`AppState::open`] and [`AppState::with_retrainer`] for the retrain function).
     pub fn new(stores: Stores, settings: &Settings) -> Self {
         Self {
             models: Arc::new(ModelCache::new(stores.clone(), settings.model_check)),
             keys: Arc::new(KeyCache::new(settings.key_cache)),
             limits: settings.limits,
             hasher: CustomerHasher::new(settings.log_hash_key.clone()),
+            retrainer: Arc::new(Retrainer::Local(settings.retrain.clone())),
             stores,
         }
     }
 
-    /// Opens the configured backend and builds the state.
+    /// The same state with retrains going to `retrainer`.
+    pub fn with_retrainer(mut self, retrainer: Retrainer) -> Self {
+        self.retrainer = Arc::new(retrainer);
+        self
+    }
+
+    /// Opens the configured backend and builds the state; with `AFFINITY_RETRAIN_FUNCTION`
+    /// set, retrain requests invoke that function.
     pub async fn open(settings: &Settings) -> crate::Result<Self> {
         let stores =
             Stores::open(&settings.backend)
@@ -45,6 +57,11 @@ impl AppState {
                     step: "open stores",
                     source,
                 })?;
-        Ok(Self::new(stores, settings))
+        let retrainer = Retrainer::from_settings(
+            settings.retrain_function.as_deref(),
+            settings.retrain.clone(),
+        )
+        .await;
+        Ok(Self::new(stores, settings).with_retrainer(retrainer))
     }
 }

@@ -1,5 +1,6 @@
 //! Reads a tenant's purchases and catalog from the store and trains a model: the data
-//! half of the retrain pipeline, shared by the CLI and (later) the retrain function.
+//! half of the retrain pipeline (`retrain::run_once` uses [`scan`]), plus the ungated
+//! [`publish`] that tests and benchmarks use to put a fixture model live.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -133,8 +134,10 @@ pub async fn train_tenant(
 /// Stores a trained model and makes it the tenant's live model, without an evaluation gate:
 /// the artifact goes to a content-addressed blob key, the version is registered with its
 /// checksum, and the live pointer moves by compare-and-set (the previous live version is
-/// marked retired). Used by `affinity train` and the demo; the gated retrain pipeline
-/// replaces it for scheduled retrains.
+/// marked retired). A helper for tests, fixtures and benchmarks only (the router tests,
+/// the Lambda smoke test, `bench/serve`): every production path (`affinity train`, the
+/// retrain function, `POST /v1/models:retrain`, `affinity serve --demo`) goes through
+/// `retrain::run_once`, which evaluates and gates the candidate before any flip.
 pub async fn publish(
     stores: &Stores,
     tenant: &TenantId,

@@ -28,6 +28,8 @@ pub struct DirectInvocation {
     pub params: TrainParams,
     /// Hyperparameter search.
     pub tune: Option<TuneRequest>,
+    /// Who asked (`api` when `POST /v1/models:retrain` invoked the function); logged.
+    pub trigger: Option<String>,
 }
 
 /// The fields of an EventBridge event this function reads. (A scheduled rule's event
@@ -72,6 +74,9 @@ pub fn request_from_payload(
             serde_json::from_value(payload).map_err(|e| invalid(e.to_string()))?;
         (direct, None)
     };
+    if let Some(trigger) = &direct.trigger {
+        tracing::info!(trigger = %crate::error::clip(trigger), "retrain requested");
+    }
     let tenant = match direct.tenant {
         Some(t) => TenantId::parse(t).step("tenant")?,
         None => default_tenant.clone(),
@@ -165,7 +170,7 @@ mod tests {
     #[test]
     fn direct_invocations_carry_everything_or_fall_back() {
         let r = request_from_payload(
-            json!({"tenant": "t1", "job_id": "job-7", "force": true, "tune": {"budget_seconds": 30}}),
+            json!({"tenant": "t1", "job_id": "job-7", "force": true, "tune": {"budget_seconds": 30}, "trigger": "api"}),
             &default(),
             "req-1",
         )

@@ -27,6 +27,7 @@ pub mod faults;
 pub mod gate;
 pub mod invocation;
 mod lease;
+pub mod trigger;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -278,7 +279,7 @@ impl RetrainSettings {
 }
 
 /// Training parameters a request may override; anything absent keeps the settings' value.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// Embedding dimension.
@@ -349,7 +350,7 @@ impl TrainParams {
 }
 
 /// A request for a hyperparameter search before the fit.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TuneRequest {
     /// Wall-clock budget of the search; the trial running when it ends completes.
@@ -554,8 +555,77 @@ impl VersionMetrics {
 
 /// Runs the pipeline once for `request.tenant`. See the module docs for the steps.
 pub async fn run_once(deps: &RetrainDeps, request: RetrainRequest) -> Result<Outcome> {
-    deps.settings.validate()?;
-    let config = request.params.apply(&deps.settings.train)?;
+    let (job_id, config) = prepare(&deps.settings, &request)?;
+    let span = tracing::info_span!("retrain", tenant = %request.tenant, job = %job_id);
+    run(deps, &request, job_id, config).instrument(span).await
+}
+
+/// A run that holds the tenant's lock and has its job record, ready to go on in the
+/// background (what `POST /v1/models:retrain` spawns when no retrain function is set).
+pub struct Started {
+    /// The job, already recorded: its status can be read at once.
+    pub job_id: JobId,
+    /// The rest of the pipeline; spawn it. It releases the lock when it ends.
+    pub run: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome>> + Send>>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("job_id", &self.job_id)
+            .finish()
+    }
+}
+
+/// Validates the request, takes the lock and opens the job record in line, and returns the
+/// rest of the run to be spawned: a caller learns synchronously that another run holds
+/// the lock (`RetrainRunning`) or that the request is invalid, and can point at the job
+/// right away. A job id that already succeeded is answered by replaying it.
+pub async fn start(deps: RetrainDeps, request: RetrainRequest) -> Result<Started> {
+    let (job_id, config) = prepare(&deps.settings, &request)?;
+    let span = tracing::info_span!("retrain", tenant = %request.tenant, job = %job_id);
+    let tenant = request.tenant.clone();
+    if let Some(job) = finished_job(&deps, &tenant, &job_id).await? {
+        let run = async move { replay(&deps, &tenant, &job).await };
+        return Ok(Started {
+            job_id,
+            run: Box::pin(run.instrument(span)),
+        });
+    }
+    let mut clock = Clock::new(deps.progress.clone());
+    let lease = take_lock(&deps, &tenant, &job_id, &mut clock)
+        .instrument(span.clone())
+        .await?;
+    let opened = open_job(&deps, &tenant, &job_id)
+        .instrument(span.clone())
+        .await;
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => return Err(fail(&deps, &tenant, &job_id, lease, e).await),
+    };
+    let id = job_id.clone();
+    let run = async move {
+        let result = match opened {
+            Opened::Finished(job) => replay(&deps, &tenant, &job).await,
+            Opened::Started(at) => {
+                locked(&deps, &request, &job_id, config, &lease, &mut clock, at).await
+            }
+        };
+        settle(&deps, &tenant, &job_id, lease, &mut clock, result).await
+    };
+    Ok(Started {
+        job_id: id,
+        run: Box::pin(run.instrument(span)),
+    })
+}
+
+/// Checks settings, parameters and budget; picks the job id.
+pub(crate) fn prepare(
+    settings: &RetrainSettings,
+    request: &RetrainRequest,
+) -> Result<(JobId, TrainConfig)> {
+    settings.validate()?;
+    let config = request.params.apply(&settings.train)?;
     if let Some(t) = &request.tune
         && !(1..=TuneRequest::MAX_BUDGET_SECONDS).contains(&t.budget_seconds)
     {
@@ -572,8 +642,48 @@ pub async fn run_once(deps: &RetrainDeps, request: RetrainRequest) -> Result<Out
         Some(j) => j.clone(),
         None => new_job_id("run")?,
     };
-    let span = tracing::info_span!("retrain", tenant = %request.tenant, job = %job_id);
-    run(deps, &request, job_id, config).instrument(span).await
+    Ok((job_id, config))
+}
+
+/// The job's record if it already succeeded (a retried delivery of a finished job).
+async fn finished_job(
+    deps: &RetrainDeps,
+    tenant: &TenantId,
+    job_id: &JobId,
+) -> Result<Option<JobRecord>> {
+    Ok(deps
+        .stores
+        .records
+        .get_job(tenant, job_id)
+        .await
+        .step("read the job")?
+        .filter(|job| job.status == JobStatus::Succeeded))
+}
+
+/// Takes the tenant's lock; a refusal is recorded in the job.
+async fn take_lock(
+    deps: &RetrainDeps,
+    tenant: &TenantId,
+    job_id: &JobId,
+    clock: &mut Clock,
+) -> Result<Lease> {
+    clock.enter(Step::Lock);
+    deps.faults.check(Step::Lock)?;
+    match Lease::acquire(
+        Arc::clone(&deps.stores.records),
+        tenant,
+        owner_for(job_id),
+        deps.settings.lease,
+    )
+    .await
+    {
+        Ok(l) => Ok(l),
+        Err(e @ Error::RetrainRunning { .. }) => {
+            record_refusal(deps, tenant, job_id, &e).await;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn run(
@@ -583,35 +693,33 @@ async fn run(
     config: TrainConfig,
 ) -> Result<Outcome> {
     let tenant = &request.tenant;
-    let records = &deps.stores.records;
-    if let Some(job) = records
-        .get_job(tenant, &job_id)
-        .await
-        .step("read the job")?
-        && job.status == JobStatus::Succeeded
-    {
+    if let Some(job) = finished_job(deps, tenant, &job_id).await? {
         tracing::info!("job already finished: answering from the registry");
         return replay(deps, tenant, &job).await;
     }
     let mut clock = Clock::new(deps.progress.clone());
-    clock.enter(Step::Lock);
-    deps.faults.check(Step::Lock)?;
-    let lease = match Lease::acquire(
-        Arc::clone(records),
-        tenant,
-        owner_for(&job_id),
-        deps.settings.lease,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e @ Error::RetrainRunning { .. }) => {
-            record_refusal(deps, tenant, &job_id, &e).await;
-            return Err(e);
+    let lease = take_lock(deps, tenant, &job_id, &mut clock).await?;
+    let result = match open_job(deps, tenant, &job_id).await {
+        Ok(Opened::Finished(job)) => replay(deps, tenant, &job).await,
+        Ok(Opened::Started(at)) => {
+            locked(deps, request, &job_id, config, &lease, &mut clock, at).await
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
     };
-    match locked(deps, request, &job_id, config, &lease, &mut clock).await {
+    settle(deps, tenant, &job_id, lease, &mut clock, result).await
+}
+
+/// After the locked part: release the lock and record the job's end (a simulated crash
+/// does neither, as a killed process would not).
+async fn settle(
+    deps: &RetrainDeps,
+    tenant: &TenantId,
+    job_id: &JobId,
+    lease: Lease,
+    clock: &mut Clock,
+    result: Result<Outcome>,
+) -> Result<Outcome> {
+    match result {
         Ok(mut outcome) => {
             if let Err(e) = lease.release().await {
                 tracing::warn!(error = %e, "could not release the retrain lock; it will expire");
@@ -624,12 +732,26 @@ async fn run(
             );
             Ok(outcome)
         }
-        Err(e) if e.is_crash() => {
+        Err(e) => Err(fail(deps, tenant, job_id, lease, e).await),
+    }
+}
+
+/// A failed run: mark the job failed and release the lock (a simulated crash does
+/// neither, as a killed process would not). Returns the error.
+async fn fail(
+    deps: &RetrainDeps,
+    tenant: &TenantId,
+    job_id: &JobId,
+    lease: Lease,
+    e: Error,
+) -> Error {
+    match e {
+        e if e.is_crash() => {
             // A killed process does nothing more: the lease lapses, the job stays running.
             drop(lease);
-            Err(e)
+            e
         }
-        Err(e) => {
+        e => {
             tracing::error!(error = %e, "retrain failed");
             let failed = JobRecord {
                 job_id: job_id.clone(),
@@ -644,21 +766,20 @@ async fn run(
             if let Err(r) = lease.release().await {
                 tracing::warn!(error = %r, "could not release the retrain lock; it will expire");
             }
-            Err(e)
+            e
         }
     }
 }
 
-/// Everything done while holding the lock.
-async fn locked(
-    deps: &RetrainDeps,
-    request: &RetrainRequest,
-    job_id: &JobId,
-    config: TrainConfig,
-    lease: &Lease,
-    clock: &mut Clock,
-) -> Result<Outcome> {
-    let tenant = &request.tenant;
+/// The job record once the lock is held: a new job starts now; an unfinished one is
+/// resumed with its original start (its version id derives from it); a finished one is
+/// replayed.
+enum Opened {
+    Started(DateTime<Utc>),
+    Finished(JobRecord),
+}
+
+async fn open_job(deps: &RetrainDeps, tenant: &TenantId, job_id: &JobId) -> Result<Opened> {
     let records = &deps.stores.records;
     let now = Utc::now();
     let fresh = JobRecord {
@@ -668,15 +789,13 @@ async fn locked(
         finished_at: None,
         message: None,
     };
-    let started_at = match records
+    match records
         .create_job(tenant, &fresh)
         .await
         .step("create the job record")?
     {
-        JobStart::Created => now,
-        JobStart::Existing(job) if job.status == JobStatus::Succeeded => {
-            return replay(deps, tenant, &job).await;
-        }
+        JobStart::Created => Ok(Opened::Started(now)),
+        JobStart::Existing(job) if job.status == JobStatus::Succeeded => Ok(Opened::Finished(job)),
         JobStart::Existing(job) => {
             tracing::info!(status = job.status.as_str(), "resuming an unfinished job");
             let again = JobRecord {
@@ -689,9 +808,23 @@ async fn locked(
                 .update_job(tenant, &again)
                 .await
                 .step("update the job record")?;
-            job.started_at
+            Ok(Opened::Started(job.started_at))
         }
-    };
+    }
+}
+
+/// Everything done while holding the lock, after the job record is open.
+async fn locked(
+    deps: &RetrainDeps,
+    request: &RetrainRequest,
+    job_id: &JobId,
+    config: TrainConfig,
+    lease: &Lease,
+    clock: &mut Clock,
+    started_at: DateTime<Utc>,
+) -> Result<Outcome> {
+    let tenant = &request.tenant;
+    let records = &deps.stores.records;
     let version = version_id(job_id, started_at)?;
     if let Some(entry) = records
         .get_model(tenant, &version)
@@ -1197,9 +1330,9 @@ impl Clock {
         }
     }
 
-    fn finish(mut self) -> Vec<StepTime> {
+    fn finish(&mut self) -> Vec<StepTime> {
         self.close();
-        self.done
+        std::mem::take(&mut self.done)
     }
 }
 

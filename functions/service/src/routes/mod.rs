@@ -41,7 +41,7 @@ pub const SECURITY: &str = "api_key";
     tags(
         (name = "recommendations", description = "Similar items, baskets, customers"),
         (name = "ingestion", description = "Purchases and catalog items"),
-        (name = "models", description = "The live model"),
+        (name = "models", description = "The live model, versions with their metrics, retraining, promotion, rollback and jobs"),
         (name = "service", description = "Health and this document")
     )
 )]

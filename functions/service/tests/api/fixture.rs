@@ -93,6 +93,11 @@ impl App {
     }
 
     pub async fn with_settings(settings: Settings) -> Self {
+        Self::with_state(settings, |s| s).await
+    }
+
+    /// The standard fixture with the state adjusted (e.g. another retrainer).
+    pub async fn with_state(settings: Settings, adjust: impl FnOnce(AppState) -> AppState) -> Self {
         let stores = Stores::memory().unwrap();
         let tenant = TenantId::default();
         let shop = demo::populate(stores.records.as_ref(), &tenant, 400, 7, now())
@@ -116,7 +121,7 @@ impl App {
             .unwrap();
         let other = TenantId::parse("other-shop").unwrap();
         let (other_tenant, _) = key(&stores, &other, &all).await;
-        let state = AppState::new(stores.clone(), &settings);
+        let state = adjust(AppState::new(stores.clone(), &settings));
         Self {
             router: routes::router(state),
             stores,

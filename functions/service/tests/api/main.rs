@@ -7,5 +7,6 @@ mod fixture;
 mod hostile;
 mod lambda;
 mod loader;
+mod models;
 mod openapi;
 mod routes;

@@ -36,6 +36,8 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
 fn concrete(path: &str) -> String {
     path.replace("{item_id}", "probe-item")
         .replace("{customer_id}", "probe-customer")
+        .replace("{version}", "probe-version")
+        .replace("{job_id}", "probe-job")
 }
 
 #[test]
