@@ -20,6 +20,7 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::CatalogView;
+use crate::crm::{self, CrmSnapshot};
 use crate::error::{Context, Error, Result};
 
 /// What answers a tenant's requests: one model version with its catalog snapshot.
@@ -30,6 +31,10 @@ pub struct Serving {
     pub version: ModelVersion,
     /// Catalog flags aligned with the model's item indices.
     pub catalog: Arc<CatalogView>,
+    /// Customer insight computed with this model version (None for a version trained
+    /// before snapshots existed, or whose snapshot could not be read: offers then answer
+    /// 503 while recommendations keep working).
+    pub crm: Option<Arc<CrmSnapshot>>,
     /// When this instance loaded the model.
     pub loaded_at: DateTime<Utc>,
 }
@@ -211,6 +216,7 @@ impl ModelCache {
                         model: current.model.clone(),
                         version: current.version.clone(),
                         catalog: Arc::new(CatalogView::build(&current.model, &items)),
+                        crm: current.crm.clone(),
                         loaded_at: current.loaded_at,
                     }))
                 }
@@ -269,8 +275,25 @@ impl ModelCache {
             .list_items(tenant)
             .await
             .step("list catalog")?;
+        // The snapshot of the same version, so one request answers from one model version.
+        let crm = match crm::read_snapshot(&self.stores, tenant, version.version.as_str()).await {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                tracing::error!(
+                    tenant = %tenant,
+                    model_version = %version.version,
+                    error = %e,
+                    "CRM snapshot unreadable; offers unavailable for this version"
+                );
+                None
+            }
+        };
+        if crm.is_none() {
+            tracing::warn!(tenant = %tenant, model_version = %version.version, "no CRM snapshot for this version");
+        }
         Ok(Serving {
             catalog: Arc::new(CatalogView::build(&model, &items)),
+            crm,
             model: Arc::new(model),
             version,
             loaded_at: Utc::now(),
@@ -286,6 +309,7 @@ impl ModelCache {
                 model: current.model.clone(),
                 version: current.version.clone(),
                 catalog,
+                crm: current.crm.clone(),
                 loaded_at: current.loaded_at,
             })));
         }

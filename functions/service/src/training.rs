@@ -132,7 +132,7 @@ pub async fn train_tenant(
 
 /// Stores a trained model and makes it the tenant's live model, without an evaluation gate:
 /// the artifact goes to a content-addressed blob key, the version is registered with its
-/// checksum, and the live pointer moves by compare-and-set (the previous live version is
+/// checksum (its CRM snapshot beside it), and the live pointer moves by compare-and-set (the previous live version is
 /// marked retired). Used by `affinity train` and the demo; the gated retrain pipeline
 /// replaces it for scheduled retrains.
 pub async fn publish(
@@ -141,6 +141,7 @@ pub async fn publish(
     model: &Model,
     metrics: serde_json::Value,
 ) -> Result<ModelVersion> {
+    crate::crm::write_snapshot(stores, tenant, model).await?;
     let m = model.to_bytes().step("encode artifact")?;
     let checksum = affinity_model::artifact::digest(&m);
     let key = BlobKey::parse(format!("models/{}.afm", &checksum[..32])).step("artifact key")?;
