@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use affinity_model::crm::offers::{
-    CustomerView, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest, OfferStats,
-    PastEvent, ScoredOffer,
+    CustomerView, DryRun, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest,
+    OfferStats, PastEvent, ScoredOffer,
 };
 use affinity_model::crm::profile::{CustomerProfile, ProfileConfig, Profiles, build_profiles};
 use affinity_model::crm::repurchase;
@@ -524,7 +524,7 @@ pub async fn all_customers(
         });
         history.truncate(HISTORY_LIMIT);
         let mut ev = events.remove(id.as_str()).unwrap_or_default();
-        ev.sort_by(|a, b| b.at.cmp(&a.at));
+        ev.sort_by_key(|e| std::cmp::Reverse(e.at));
         ev.truncate(EVENT_LIMIT);
         out.push((
             id,
@@ -537,6 +537,56 @@ pub async fn all_customers(
         ));
     }
     Ok(out)
+}
+
+/// Dry run of `offer` (a draft, or a stored offer whatever its status) against the live
+/// offers at `now` on `channel`: eligible customers and those whose first offer it would
+/// be, overall and by tier, over every customer of the snapshot (opted-out ones count as
+/// examined, never as eligible). The offer replaces a live offer with the same id.
+pub async fn dry_run(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    offer: Offer,
+    channel: &str,
+    now: i64,
+) -> Result<DryRun> {
+    let mut offers: Vec<Offer> = live_offers(store, tenant)
+        .await?
+        .into_iter()
+        .filter(|o| o.id != offer.id)
+        .collect();
+    let id = offer.id.clone();
+    offers.push(offer);
+    let ids: Vec<String> = offers.iter().map(|o| o.id.clone()).collect();
+    let engine = engine_for(
+        store,
+        tenant,
+        model,
+        snapshot,
+        EngineConfig::default(),
+        offers,
+    )
+    .await?;
+    let customers = all_customers(store, tenant, model, snapshot, &ids).await?;
+    let idx = engine
+        .offer_index(&id)
+        .ok_or_else(|| Error::Mismatch("dry-run offer missing from the engine".into()))?;
+    let views: Vec<CustomerView<'_>> = customers
+        .iter()
+        .filter(|(_, c)| !c.opted_out)
+        .map(|(_, c)| c.view())
+        .collect();
+    let request = OfferRequest {
+        channel: channel.to_owned(),
+        now,
+        k: 1,
+        allow_same_category: false,
+    };
+    let mut d = engine.dry_run(idx, &views, &request);
+    d.customers = customers.len() as u64;
+    Ok(d)
 }
 
 /// One customer's due-to-repurchase items and categories at `now`: those bought before
@@ -685,6 +735,12 @@ mod tests {
         let tenant = TenantId::default();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         demo::populate(store, &tenant, 400, 7, now).await.unwrap();
+        // This test is about one offer: the demo shop's own offers step aside.
+        let mut archived = store.list_offers(&tenant).await.unwrap();
+        for o in &mut archived {
+            o.status = OfferStatus::Archived;
+        }
+        store.upsert_offers(&tenant, &archived).await.unwrap();
         let model =
             crate::training::train_tenant(store, &tenant, &TrainConfig::default(), "v1", &|_| {})
                 .await

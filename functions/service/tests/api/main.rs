@@ -7,5 +7,6 @@ mod fixture;
 mod hostile;
 mod lambda;
 mod loader;
+mod offers;
 mod openapi;
 mod routes;
