@@ -88,7 +88,7 @@ pub async fn profile(
     );
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["", ""]);
+    t.set_header(vec!["figure", "value"]);
     t.add_row(vec!["tier".to_owned(), p.tier.clone()]);
     t.add_row(vec![
         "RFM (recency, frequency, monetary; 5 = best)".to_owned(),
