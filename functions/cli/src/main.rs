@@ -3,6 +3,7 @@
 //! serve the HTTP API, manage API keys.
 
 mod eval;
+mod insight;
 mod keys;
 mod serve;
 
@@ -75,6 +76,17 @@ enum Cmd {
     },
     /// Train on your own train CSV and score your test CSV (full ranking, as `bench/quality`).
     Eval(eval::EvalArgs),
+    /// A customer's profile from the live model: RFM, tier, P(alive), expected purchases,
+    /// CLV, what they are due to buy again.
+    Profile {
+        /// The customer id.
+        customer: String,
+    },
+    /// Offers: try one before it goes live.
+    Offers {
+        #[command(subcommand)]
+        cmd: OffersCmd,
+    },
     /// Fit BG/NBD and Gamma-Gamma on a transactions CSV: parameters and per-customer
     /// P(alive), expected purchases and CLV (no store needed).
     Clv {
@@ -140,6 +152,22 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         cmd: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffersCmd {
+    /// How many customers an offer would reach (eligible, first offer), by tier.
+    DryRun {
+        /// A stored offer, whatever its status.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        offer_id: Option<String>,
+        /// A JSON offer document not stored yet.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The channel to evaluate for.
+        #[arg(long, default_value = "email")]
+        channel: String,
     },
 }
 
@@ -352,6 +380,27 @@ async fn run(cli: Cli) -> Result<()> {
             KeysCmd::Revoke { key_id } => keys::revoke(&stores, &tenant, &key_id, cli.json).await?,
             KeysCmd::List => keys::list(&stores, &tenant, cli.json).await?,
         },
+        Cmd::Profile { customer } => {
+            insight::profile(&stores, &tenant, &customer, cli.json).await?
+        }
+        Cmd::Offers {
+            cmd:
+                OffersCmd::DryRun {
+                    offer_id,
+                    file,
+                    channel,
+                },
+        } => {
+            insight::dry_run(
+                &stores,
+                &tenant,
+                offer_id.as_deref(),
+                file.as_deref(),
+                &channel,
+                cli.json,
+            )
+            .await?
+        }
         Cmd::Eval(_) => unreachable!("handled before the store is opened"),
         Cmd::Models { cmd } => models(&stores, &tenant, cmd, cli.json).await?,
         Cmd::Jobs {

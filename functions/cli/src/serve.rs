@@ -115,6 +115,30 @@ fn print_examples(addr: &SocketAddr, key: &str, shop: &demo::DemoShop, version: 
         "  curl -s {auth} '{base}/v1/customers/{}/recommendations?k=5'",
         shop.lapsed_customer
     );
+    println!(
+        "  # ...their profile (gold tier, high churn risk, CLV) and next best offers: a win-back"
+    );
+    println!(
+        "  curl -s {auth} '{base}/v1/customers/{}/profile'",
+        shop.lapsed_customer
+    );
+    println!(
+        "  curl -s {auth} '{base}/v1/customers/{}/offers?channel=email&limit=3'",
+        shop.lapsed_customer
+    );
+    println!("  # next best offers for an email send, and who should hear about this coffee");
+    println!(
+        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"customer_ids\":[\"{}\",\"{}\"],\"channel\":\"email\"}}' '{base}/v1/offers/batch'",
+        shop.example_customer, shop.lapsed_customer
+    );
+    println!(
+        "  curl -s {auth} '{base}/v1/items/{}/audience?limit=10'",
+        shop.example_item
+    );
+    println!("  # how many customers an offer would reach before it goes live, by tier");
+    println!(
+        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"offer_id\":\"coffee-10\",\"channel\":\"email\"}}' '{base}/v1/offers/dry-run'"
+    );
     println!("  # a new purchase counts at once");
     println!(
         "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"purchases\":[{{\"order_id\":\"web-1\",\"customer_id\":\"new-shopper\",\"item_id\":\"{}\",\"purchased_at\":\"{}\"}}]}}' '{base}/v1/purchases'",

@@ -14,15 +14,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use affinity_model::crm::offers::{
-    CustomerView, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest, OfferStats,
-    PastEvent, ScoredOffer,
+    CustomerView, DryRun, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest,
+    OfferStats, PastEvent, ScoredOffer,
 };
 use affinity_model::crm::profile::{CustomerProfile, ProfileConfig, Profiles, build_profiles};
+use affinity_model::crm::repurchase;
 use affinity_model::crm::summary::Transaction;
 use affinity_model::model::{Model, Purchase as ModelPurchase};
 use affinity_store::{
-    CustomerId, OfferEvent, OfferEventKind, OfferRecord, OfferStatus, Purchase, RecordStore,
-    TenantId,
+    BlobKey, CustomerId, OfferEvent, OfferEventKind, OfferRecord, OfferStatus, Purchase,
+    RecordStore, Stores, TenantId,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -228,6 +229,68 @@ pub async fn compute_snapshot(
     })
 }
 
+/// Blob key of a model version's CRM snapshot: `crm/<sha256 of the version id>.json`, so any
+/// version id (they may hold characters a blob key may not) maps to a safe key.
+pub fn snapshot_key(version: &str) -> Result<BlobKey> {
+    let h = affinity_model::artifact::digest(version.as_bytes());
+    BlobKey::parse(format!("crm/{h}.json")).step("CRM snapshot key")
+}
+
+/// Computes the CRM snapshot for a freshly trained `model` (observed up to the model's
+/// data watermark, so the figures are those of the data the model saw) and stores it
+/// beside the artifact, keyed by the model version. Called before the version is
+/// registered, so every registered version has its snapshot.
+pub async fn write_snapshot(
+    stores: &Stores,
+    tenant: &TenantId,
+    model: &Model,
+) -> Result<CrmSnapshot> {
+    let end = DateTime::<Utc>::from_timestamp(model.manifest.data_watermark, 0)
+        .filter(|_| model.manifest.data_watermark > 0)
+        .unwrap_or_else(Utc::now);
+    let snapshot = compute_snapshot(
+        stores.records.as_ref(),
+        tenant,
+        model,
+        end,
+        &ProfileConfig::default(),
+        &EngineConfig::default(),
+    )
+    .await?;
+    let bytes =
+        serde_json::to_vec(&snapshot).map_err(|e| Error::runtime("encode the CRM snapshot", e))?;
+    stores
+        .blobs
+        .put(tenant, &snapshot_key(model.version())?, bytes)
+        .await
+        .step("write the CRM snapshot")?;
+    Ok(snapshot)
+}
+
+/// Reads a model version's CRM snapshot; None when the version has none (trained before
+/// snapshots existed).
+pub async fn read_snapshot(
+    stores: &Stores,
+    tenant: &TenantId,
+    version: &str,
+) -> Result<Option<CrmSnapshot>> {
+    let key = snapshot_key(version)?;
+    let bytes = match stores.blobs.get(tenant, &key).await {
+        Ok(b) => b,
+        Err(affinity_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e).step("read the CRM snapshot"),
+    };
+    let snapshot: CrmSnapshot =
+        serde_json::from_slice(&bytes).map_err(|e| Error::runtime("decode the CRM snapshot", e))?;
+    if snapshot.model_version != version {
+        return Err(Error::Mismatch(format!(
+            "CRM snapshot under {version} is for model {}",
+            snapshot.model_version
+        )));
+    }
+    Ok(Some(snapshot))
+}
+
 /// The engine for the live offers, with their statistics from the snapshot and the
 /// catalog's repurchasable flags.
 pub async fn offer_engine<'m>(
@@ -237,6 +300,20 @@ pub async fn offer_engine<'m>(
     snapshot: &CrmSnapshot,
     config: EngineConfig,
 ) -> Result<OfferEngine<'m>> {
+    let offers = live_offers(store, tenant).await?;
+    engine_for(store, tenant, model, snapshot, config, offers).await
+}
+
+/// The engine for the given offers (a dry run adds a draft to the live ones), with their
+/// statistics from the snapshot and the catalog's repurchasable flags.
+pub async fn engine_for<'m>(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &'m Model,
+    snapshot: &CrmSnapshot,
+    config: EngineConfig,
+    offers: Vec<Offer>,
+) -> Result<OfferEngine<'m>> {
     if snapshot.model_version != model.version() {
         return Err(Error::Mismatch(format!(
             "CRM snapshot is for model {}, serving model is {}",
@@ -244,15 +321,7 @@ pub async fn offer_engine<'m>(
             model.version()
         )));
     }
-    let offers = live_offers(store, tenant).await?;
-    let items = store.list_items(tenant).await.step("list catalog items")?;
-    // Items missing from the catalog count as repurchasable: never hide what we know nothing of.
-    let mut repurchasable = vec![true; model.items.len()];
-    for it in &items {
-        if let Some(i) = model.item_index(it.item_id.as_str()) {
-            repurchasable[i as usize] = it.repurchasable;
-        }
-    }
+    let repurchasable = repurchasable_flags(store, tenant, model).await?;
     let with_stats = offers
         .into_iter()
         .map(|o| {
@@ -270,6 +339,358 @@ pub async fn offer_engine<'m>(
     .step("prepare offers")
 }
 
+/// Per model item index, whether the catalog says it is bought again and again. Items
+/// missing from the catalog count as repurchasable: never hide what we know nothing of.
+pub async fn repurchasable_flags(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+) -> Result<Vec<bool>> {
+    let items = store.list_items(tenant).await.step("list catalog items")?;
+    let mut repurchasable = vec![true; model.items.len()];
+    for it in &items {
+        if let Some(i) = model.item_index(it.item_id.as_str()) {
+            repurchasable[i as usize] = it.repurchasable;
+        }
+    }
+    Ok(repurchasable)
+}
+
+/// Store reads in flight at once when many customers are read (batch, dry run).
+pub const READ_CONCURRENCY: usize = 16;
+
+/// One customer as read from the store: flags, profile, history and offer events.
+#[derive(Debug, Clone)]
+pub struct CustomerData {
+    /// Opted out of personalization and offers: gets none.
+    pub opted_out: bool,
+    /// Profile from the snapshot (newcomer's when unknown), tier override applied.
+    pub profile: CustomerProfile,
+    /// Purchases with model item indices, newest first.
+    pub purchases: Vec<ModelPurchase>,
+    /// Offer events over all channels, newest first.
+    pub events: Vec<PastEvent>,
+}
+
+impl CustomerData {
+    /// The engine's view of this customer.
+    pub fn view(&self) -> CustomerView<'_> {
+        CustomerView {
+            profile: &self.profile,
+            purchases: &self.purchases,
+            events: &self.events,
+        }
+    }
+}
+
+/// Reads one customer: flags, history (newest [`HISTORY_LIMIT`]) and offer events over all
+/// channels (newest [`EVENT_LIMIT`]).
+pub async fn read_customer(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    customer: &CustomerId,
+) -> Result<CustomerData> {
+    let flags = store
+        .get_customer(tenant, customer)
+        .await
+        .step("read customer flags")?;
+    let mut profile = snapshot.profile(customer.as_str());
+    let opted_out = flags.as_ref().is_some_and(|f| f.opt_out);
+    if let Some(t) = flags.and_then(|f| f.tier_override) {
+        profile.tier = t;
+    }
+    if opted_out {
+        return Ok(CustomerData {
+            opted_out,
+            profile,
+            purchases: Vec::new(),
+            events: Vec::new(),
+        });
+    }
+    let history = store
+        .customer_history(tenant, customer, HISTORY_LIMIT)
+        .await
+        .step("read customer history")?;
+    let events = store
+        .events_by_customer(tenant, customer, None, EVENT_LIMIT)
+        .await
+        .step("read offer events")?;
+    Ok(CustomerData {
+        opted_out,
+        profile,
+        purchases: model_purchases(model, &history),
+        events: events.iter().map(past_event).collect(),
+    })
+}
+
+/// Reads many customers, [`READ_CONCURRENCY`] at a time, in input order.
+pub async fn read_customers(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    customers: &[CustomerId],
+) -> Result<Vec<CustomerData>> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    // The futures are built first: a stream holding the closure trips the compiler's
+    // higher-ranked Send check in axum handlers.
+    let reads: Vec<_> = customers
+        .iter()
+        .map(|c| read_customer(store, tenant, model, snapshot, c))
+        .collect();
+    stream::iter(reads)
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Every customer of the snapshot, read in bulk: one purchase scan (each history cut to
+/// the newest [`HISTORY_LIMIT`], as one customer's read is), the events of `offers` read
+/// by offer (only events of engine offers matter to it), flags [`READ_CONCURRENCY`] at a
+/// time. Sorted by customer id.
+pub async fn all_customers(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    offers: &[String],
+) -> Result<Vec<(CustomerId, CustomerData)>> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let scan = store
+        .scan_purchases(tenant, SCAN_SEGMENTS)
+        .await
+        .step("scan purchases")?;
+    let mut histories: BTreeMap<String, Vec<Purchase>> = BTreeMap::new();
+    for (id, _) in &snapshot.profiles.customers {
+        histories.entry(id.clone()).or_default();
+    }
+    for p in scan.purchases {
+        histories
+            .entry(p.customer_id.as_str().to_owned())
+            .or_default()
+            .push(p);
+    }
+    let mut events: HashMap<String, Vec<OfferEvent>> = HashMap::new();
+    for o in offers {
+        let id = affinity_store::OfferId::parse(o.clone()).step("offer id")?;
+        for e in store
+            .events_by_offer(tenant, &id, None, usize::MAX >> 1)
+            .await
+            .step("read offer events")?
+        {
+            events
+                .entry(e.customer_id.as_str().to_owned())
+                .or_default()
+                .push(e);
+        }
+    }
+    let ids: Vec<CustomerId> = histories
+        .keys()
+        .map(|k| CustomerId::parse(k.clone()).step("customer id"))
+        .collect::<Result<_>>()?;
+    let reads: Vec<_> = ids.iter().map(|c| store.get_customer(tenant, c)).collect();
+    let flags: Vec<Option<affinity_store::CustomerRecord>> = stream::iter(reads)
+        .buffered(READ_CONCURRENCY)
+        .map(|r| r.step("read customer flags"))
+        .try_collect()
+        .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for ((id, flags), (_, mut history)) in ids.into_iter().zip(flags).zip(histories) {
+        let mut profile = snapshot.profile(id.as_str());
+        let opted_out = flags.as_ref().is_some_and(|f| f.opt_out);
+        if let Some(t) = flags.and_then(|f| f.tier_override) {
+            profile.tier = t;
+        }
+        if opted_out {
+            out.push((
+                id,
+                CustomerData {
+                    opted_out,
+                    profile,
+                    purchases: Vec::new(),
+                    events: Vec::new(),
+                },
+            ));
+            continue;
+        }
+        // Newest first, ties as the store orders them (order id, line).
+        history.sort_by(|a, b| {
+            b.purchased_at
+                .cmp(&a.purchased_at)
+                .then_with(|| b.order_id.as_str().cmp(a.order_id.as_str()))
+                .then_with(|| b.line.cmp(&a.line))
+        });
+        history.truncate(HISTORY_LIMIT);
+        let mut ev = events.remove(id.as_str()).unwrap_or_default();
+        ev.sort_by_key(|e| std::cmp::Reverse(e.at));
+        ev.truncate(EVENT_LIMIT);
+        out.push((
+            id,
+            CustomerData {
+                opted_out,
+                profile,
+                purchases: model_purchases(model, &history),
+                events: ev.iter().map(past_event).collect(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Dry run of `offer` (a draft, or a stored offer whatever its status) against the live
+/// offers at `now` on `channel`: eligible customers and those whose first offer it would
+/// be, overall and by tier, over every customer of the snapshot (opted-out ones count as
+/// examined, never as eligible). The offer replaces a live offer with the same id.
+pub async fn dry_run(
+    store: &dyn RecordStore,
+    tenant: &TenantId,
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    offer: Offer,
+    channel: &str,
+    now: i64,
+) -> Result<DryRun> {
+    let mut offers: Vec<Offer> = live_offers(store, tenant)
+        .await?
+        .into_iter()
+        .filter(|o| o.id != offer.id)
+        .collect();
+    let id = offer.id.clone();
+    offers.push(offer);
+    let ids: Vec<String> = offers.iter().map(|o| o.id.clone()).collect();
+    let engine = engine_for(
+        store,
+        tenant,
+        model,
+        snapshot,
+        EngineConfig::default(),
+        offers,
+    )
+    .await?;
+    let customers = all_customers(store, tenant, model, snapshot, &ids).await?;
+    let idx = engine
+        .offer_index(&id)
+        .ok_or_else(|| Error::Mismatch("dry-run offer missing from the engine".into()))?;
+    let views: Vec<CustomerView<'_>> = customers
+        .iter()
+        .filter(|(_, c)| !c.opted_out)
+        .map(|(_, c)| c.view())
+        .collect();
+    let request = OfferRequest {
+        channel: channel.to_owned(),
+        now,
+        k: 1,
+        allow_same_category: false,
+    };
+    let mut d = engine.dry_run(idx, &views, &request);
+    d.customers = customers.len() as u64;
+    Ok(d)
+}
+
+/// One customer's due-to-repurchase items and categories at `now`: those bought before
+/// whose typical interval says it is time again.
+pub fn due_items(
+    model: &Model,
+    snapshot: &CrmSnapshot,
+    purchases: &[ModelPurchase],
+    now: i64,
+    config: &EngineConfig,
+) -> Vec<DueKey> {
+    let mut last_item: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut last_cat: BTreeMap<u32, i64> = BTreeMap::new();
+    for p in purchases {
+        let e = last_item.entry(p.item).or_insert(p.at);
+        *e = (*e).max(p.at);
+        if let Some(Some(c)) = model.item_category.get(p.item as usize) {
+            let e = last_cat.entry(*c).or_insert(p.at);
+            *e = (*e).max(p.at);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, at) in last_item {
+        if let Some(iv) = snapshot.intervals.by_item.get(&i)
+            && let Some(d) = repurchase::due(at, now, iv, &config.repurchase)
+        {
+            out.push(DueKey {
+                item: Some(i),
+                category: None,
+                days_since: d.days_since,
+                typical_days: d.typical_days,
+            });
+        }
+    }
+    for (c, at) in last_cat {
+        if let Some(iv) = snapshot.intervals.by_category.get(&c)
+            && let Some(d) = repurchase::due(at, now, iv, &config.repurchase)
+        {
+            out.push(DueKey {
+                item: None,
+                category: Some(c),
+                days_since: d.days_since,
+                typical_days: d.typical_days,
+            });
+        }
+    }
+    out
+}
+
+/// An item or category a customer is due to buy again (model indices).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DueKey {
+    /// Model item index, when due for an item.
+    pub item: Option<u32>,
+    /// Model category index, when due for a category.
+    pub category: Option<u32>,
+    /// Days since the last purchase of it.
+    pub days_since: f64,
+    /// Its typical repurchase interval in days.
+    pub typical_days: f64,
+}
+
+/// The customers most likely to buy `item`: each customer's folded-in vector scored
+/// against the item's vector. Eligible = not opted out and, unless the item is
+/// repurchasable, not owning it already. Returns the eligible count and the best `limit`
+/// (score, then customer id), customers without a known purchase left out of the ranking.
+pub fn audience(
+    model: &Model,
+    item: u32,
+    repurchasable: bool,
+    customers: &[(CustomerId, CustomerData)],
+    limit: usize,
+) -> (usize, Vec<(CustomerId, f32)>) {
+    use rayon::prelude::*;
+    let Some(target) = model.vectors.row(item) else {
+        return (0, Vec::new());
+    };
+    let scored: Vec<Option<Option<f32>>> = customers
+        .par_iter()
+        .map(|(_, c)| {
+            if c.opted_out || (!repurchasable && c.purchases.iter().any(|p| p.item == item)) {
+                return None;
+            }
+            if c.purchases.is_empty() {
+                return Some(None);
+            }
+            let v = model.fold_in(&model.weigh(&c.purchases));
+            Some(Some(v.iter().zip(target).map(|(a, b)| a * b).sum::<f32>()))
+        })
+        .collect();
+    let eligible = scored.iter().filter(|s| s.is_some()).count();
+    let mut ranked: Vec<(CustomerId, f32)> = customers
+        .iter()
+        .zip(scored)
+        .filter_map(|((id, _), s)| s.flatten().map(|s| (id.clone(), s)))
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| a.0.as_str().cmp(b.0.as_str()))
+    });
+    ranked.truncate(limit);
+    (eligible, ranked)
+}
+
 /// One customer's next best offers from store data: history, offer events over all
 /// channels, flags (opted-out customers get none; a tier override replaces the tier).
 pub async fn customer_offers(
@@ -281,35 +702,21 @@ pub async fn customer_offers(
     customer: &CustomerId,
     request: &OfferRequest,
 ) -> Result<Vec<ScoredOffer>> {
-    let flags = store
-        .get_customer(tenant, customer)
-        .await
-        .step("read customer flags")?;
-    if flags.as_ref().is_some_and(|f| f.opt_out) {
-        return Ok(Vec::new());
+    let data = read_customer(store, tenant, model, snapshot, customer).await?;
+    Ok(offers_for(engine, &data, request))
+}
+
+/// The next best offers of a customer already read; none when opted out.
+pub fn offers_for(
+    engine: &OfferEngine<'_>,
+    data: &CustomerData,
+    request: &OfferRequest,
+) -> Vec<ScoredOffer> {
+    if data.opted_out {
+        Vec::new()
+    } else {
+        engine.next_best_offers(&data.view(), request)
     }
-    let history = store
-        .customer_history(tenant, customer, HISTORY_LIMIT)
-        .await
-        .step("read customer history")?;
-    let events = store
-        .events_by_customer(tenant, customer, None, EVENT_LIMIT)
-        .await
-        .step("read offer events")?;
-    let mut profile = snapshot.profile(customer.as_str());
-    if let Some(t) = flags.and_then(|f| f.tier_override) {
-        profile.tier = t;
-    }
-    let purchases = model_purchases(model, &history);
-    let events: Vec<PastEvent> = events.iter().map(past_event).collect();
-    Ok(engine.next_best_offers(
-        &CustomerView {
-            profile: &profile,
-            purchases: &purchases,
-            events: &events,
-        },
-        request,
-    ))
 }
 
 #[cfg(test)]
@@ -328,6 +735,12 @@ mod tests {
         let tenant = TenantId::default();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         demo::populate(store, &tenant, 400, 7, now).await.unwrap();
+        // This test is about one offer: the demo shop's own offers step aside.
+        let mut archived = store.list_offers(&tenant).await.unwrap();
+        for o in &mut archived {
+            o.status = OfferStatus::Archived;
+        }
+        store.upsert_offers(&tenant, &archived).await.unwrap();
         let model =
             crate::training::train_tenant(store, &tenant, &TrainConfig::default(), "v1", &|_| {})
                 .await

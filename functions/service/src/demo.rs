@@ -5,10 +5,12 @@
 use std::num::NonZeroU32;
 
 use affinity_store::{
-    CatalogItem, Category, CustomerId, ItemId, OrderId, Purchase, RecordStore, TenantId,
+    CatalogItem, Category, CustomerId, ItemId, OfferId, OfferRecord, OfferStatus, OrderId,
+    Purchase, RecordStore, TenantId,
 };
 use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
+use serde_json::json;
 
 use crate::error::{Context, Result};
 
@@ -118,6 +120,84 @@ pub struct DemoShop {
     pub example_customer: String,
     /// A valuable customer who stopped buying.
     pub lapsed_customer: String,
+    /// Offers written, by id.
+    pub offers: Vec<String>,
+}
+
+/// The demo's offers, one of each kind: a coffee discount, a brewing bundle, double points
+/// for the best tiers, new arrivals, a win-back offer for valuable customers at risk, and
+/// a coffee restock reminder. Every one is a valid document for the offer engine.
+pub fn offers(items: &[CatalogItem], now: DateTime<Utc>) -> Result<Vec<OfferRecord>> {
+    let in_cat = |name: &str| -> Vec<String> {
+        items
+            .iter()
+            .filter(|it| it.category.as_ref().is_some_and(|c| c.as_str() == name))
+            .map(|it| it.item_id.as_str().to_owned())
+            .collect()
+    };
+    let gear = in_cat("Brewing gear");
+    // The newest catalog entries are the "new arrivals".
+    let mut newest: Vec<&CatalogItem> = items.iter().collect();
+    newest.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(a.item_id.cmp(&b.item_id))
+    });
+    let arrivals: Vec<String> = newest
+        .iter()
+        .take(4)
+        .map(|it| it.item_id.as_str().to_owned())
+        .collect();
+    let docs = [
+        (
+            "coffee-10",
+            json!({"kind": "discount", "title": "10% off coffee beans", "categories": ["Coffee"],
+                   "value": 4.0, "cost": 0.05,
+                   "eligibility": {"channels": ["email", "web", "app"]},
+                   "caps": {"max_per_customer": 3, "cooldown_days": 7}}),
+        ),
+        (
+            "brew-bundle",
+            json!({"kind": "bundle", "title": "Pour-over starter bundle",
+                   "items": gear.iter().take(2).collect::<Vec<_>>(),
+                   "value": 9.0, "cost": 0.05, "caps": {"cooldown_days": 14}}),
+        ),
+        (
+            "double-points",
+            json!({"kind": "points_multiplier", "title": "Double points this month",
+                   "value": 1.5, "cost": 0.02,
+                   "eligibility": {"tiers": ["gold", "silver"], "channels": ["web", "app"]},
+                   "caps": {"cooldown_days": 30}}),
+        ),
+        (
+            "new-in",
+            json!({"kind": "new_arrival", "title": "Just in", "items": arrivals,
+                   "value": 3.0, "cost": 0.05, "caps": {"cooldown_days": 14}}),
+        ),
+        (
+            "win-back",
+            json!({"kind": "retention", "title": "We miss you: 25% off your next order",
+                   "value": 6.0, "cost": 0.5,
+                   "eligibility": {"tiers": ["gold", "silver"], "churn_risk": {"min": 0.5}},
+                   "caps": {"max_per_customer": 2, "cooldown_days": 30}}),
+        ),
+        (
+            "coffee-restock",
+            json!({"kind": "replenishment", "title": "Time for fresh beans?",
+                   "categories": ["Coffee", "Tea"], "value": 3.0, "cost": 0.02,
+                   "caps": {"cooldown_days": 10}}),
+        ),
+    ];
+    docs.into_iter()
+        .map(|(id, document)| {
+            Ok(OfferRecord {
+                offer_id: OfferId::parse(id).step("demo offer id")?,
+                status: OfferStatus::Active,
+                document,
+                updated_at: affinity_store::normalize_time(now),
+            })
+        })
+        .collect()
 }
 
 /// Builds the catalog: one entry per (category, prefix, suffix), prices by category.
@@ -233,9 +313,18 @@ pub async fn populate(
             .step("write demo purchases")?;
         written += rows.len();
     }
+    let offers = offers(&items, now)?;
+    store
+        .upsert_offers(tenant, &offers)
+        .await
+        .step("write demo offers")?;
     let coffee = by_cat("Coffee");
     let gear = by_cat("Brewing gear");
     Ok(DemoShop {
+        offers: offers
+            .iter()
+            .map(|o| o.offer_id.as_str().to_owned())
+            .collect(),
         items: items.len(),
         customers,
         purchases: written,

@@ -20,6 +20,7 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::CatalogView;
+use crate::crm::{self, CrmSnapshot};
 use crate::error::{Context, Error, Result};
 
 /// What answers a tenant's requests: one model version with its catalog snapshot.
@@ -30,6 +31,10 @@ pub struct Serving {
     pub version: ModelVersion,
     /// Catalog flags aligned with the model's item indices.
     pub catalog: Arc<CatalogView>,
+    /// Customer insight computed with this model version (None for a version trained
+    /// before snapshots existed, or whose snapshot could not be read: offers then answer
+    /// 503 while recommendations keep working).
+    pub crm: Option<Arc<CrmSnapshot>>,
     /// When this instance loaded the model.
     pub loaded_at: DateTime<Utc>,
 }
@@ -211,6 +216,7 @@ impl ModelCache {
                         model: current.model.clone(),
                         version: current.version.clone(),
                         catalog: Arc::new(CatalogView::build(&current.model, &items)),
+                        crm: current.crm.clone(),
                         loaded_at: current.loaded_at,
                     }))
                 }
@@ -264,7 +270,25 @@ impl ModelCache {
                 .step("list catalog")?;
             Ok::<_, Error>((items, ms()))
         };
-        let (artifact, catalog) = tokio::join!(artifact, catalog);
+        // The CRM snapshot of the same version, so one request answers from one model version.
+        let snapshot = async {
+            match crm::read_snapshot(&self.stores, tenant, version.version.as_str()).await {
+                Ok(s) => s.map(Arc::new),
+                Err(e) => {
+                    tracing::error!(
+                        tenant = %tenant,
+                        model_version = %version.version,
+                        error = %e,
+                        "CRM snapshot unreadable; offers unavailable for this version"
+                    );
+                    None
+                }
+            }
+        };
+        let (artifact, catalog, crm) = tokio::join!(artifact, catalog, snapshot);
+        if crm.is_none() {
+            tracing::warn!(tenant = %tenant, model_version = %version.version, "no CRM snapshot for this version");
+        }
         let ((model, artifact_bytes, read_ms, decoded_ms), (items, listed_ms)) =
             (artifact?, catalog?);
         let joined_ms = ms();
@@ -282,6 +306,7 @@ impl ModelCache {
         );
         Ok(Serving {
             catalog,
+            crm,
             model: Arc::new(model),
             version,
             loaded_at: Utc::now(),
@@ -309,6 +334,7 @@ impl ModelCache {
                 model: current.model.clone(),
                 version: current.version.clone(),
                 catalog,
+                crm: current.crm.clone(),
                 loaded_at: current.loaded_at,
             })));
         }

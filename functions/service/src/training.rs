@@ -133,17 +133,18 @@ pub async fn train_tenant(
 
 /// Stores a trained model and makes it the tenant's live model, without an evaluation gate:
 /// the artifact goes to a content-addressed blob key, the version is registered with its
-/// checksum, and the live pointer moves by compare-and-set (the previous live version is
-/// marked retired). A helper for tests, fixtures and benchmarks only (the router tests,
-/// the Lambda smoke test, `bench/serve`): every production path (`affinity train`, the
-/// retrain function, `POST /v1/models:retrain`, `affinity serve --demo`) goes through
-/// `retrain::run_once`, which evaluates and gates the candidate before any flip.
+/// checksum (its CRM snapshot beside it), and the live pointer moves by compare-and-set (the
+/// previous live version is marked retired). A helper for tests, fixtures and benchmarks only
+/// (the router tests, the Lambda smoke test, `bench/serve`): every production path (`affinity
+/// train`, the retrain function, `POST /v1/models:retrain`, `affinity serve --demo`) goes
+/// through `retrain::run_once`, which evaluates and gates the candidate before any flip.
 pub async fn publish(
     stores: &Stores,
     tenant: &TenantId,
     model: &Model,
     metrics: serde_json::Value,
 ) -> Result<ModelVersion> {
+    crate::crm::write_snapshot(stores, tenant, model).await?;
     let m = model.to_bytes().step("encode artifact")?;
     let checksum = affinity_model::artifact::digest(&m);
     let key = BlobKey::parse(format!("models/{}.afm", &checksum[..32])).step("artifact key")?;

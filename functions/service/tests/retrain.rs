@@ -617,6 +617,7 @@ every_fail_point!(
     evaluate => Evaluate,
     gate => Gate,
     train => Train,
+    insight => Insight,
     artifact => Artifact,
     register => Register,
     flip => Flip,

@@ -29,7 +29,8 @@
 //! # Scoring
 //!
 //! Expected net value (ENV) = `propensity x value - cost`; for retention offers the value
-//! of an acceptance also includes the customer value it keeps, `churn risk x CLV`.
+//! of an acceptance also includes the customer value it keeps, `churn risk x CLV if
+//! retained` (`CLV / P(alive)`: the CLV already discounts a churned customer to ~0).
 //!
 //! Propensity = `sigmoid(intercept + slope x affinity + due_boost [due] + shift_offer)`,
 //! where affinity is the cosine between the customer's folded-in vector and the offer's
@@ -158,7 +159,7 @@ pub enum OfferKind {
     PointsMultiplier,
     /// New items; customers who bought one already are not offered it.
     NewArrival,
-    /// Win-back offer; its value includes the churn risk x CLV it may keep.
+    /// Win-back offer; its value includes the churn risk x CLV-if-retained it may keep.
     Retention,
     /// "Time to buy again": only for customers due to repurchase a promoted item/category.
     Replenishment,
@@ -610,7 +611,7 @@ pub struct OfferReasons {
     pub churn_risk: Option<f64>,
     /// Customer's CLV.
     pub clv: Option<f64>,
-    /// Retention offers: the churn risk x CLV counted in the value.
+    /// Retention offers: churn risk x CLV if retained (`CLV / P(alive)`) counted in the value.
     pub retained_value: Option<f64>,
     /// Past purchases closest to the offer (at most 3).
     pub matched_purchases: Vec<MatchedPurchase>,
@@ -738,6 +739,22 @@ pub struct OfferEngine<'m> {
     by_category: HashMap<u32, Interval>,
     category_centroid: Vec<Vec<f32>>,
     config: EngineConfig,
+}
+
+/// What a retention offer may keep: churn risk x the customer's CLV if they stay.
+///
+/// The profile's CLV is an expectation over "still alive or not": under the BG/NBD the
+/// expected purchases factor as `P(alive) x E[purchases | alive]`, so `CLV / P(alive)` is
+/// the value of the customer if retained. Weighing the plain CLV instead would make a
+/// churned customer worth ~0 (their CLV already counts them as gone) and retention offers
+/// would never win where they matter most.
+fn retained_value(prof: &CustomerProfile) -> f64 {
+    let churn = prof.churn_risk.unwrap_or(0.0);
+    let clv = prof.clv.unwrap_or(0.0).max(0.0);
+    match prof.p_alive {
+        Some(p) if p > 0.0 && clv > 0.0 => churn * clv / p,
+        _ => churn * clv,
+    }
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -1152,8 +1169,7 @@ impl<'m> OfferEngine<'m> {
         let affinity = self.affinity(p, s, &excluded);
         let propensity = sigmoid(self.raw_logit(affinity, !due.is_empty()) + p.shift);
         let prof = c.profile;
-        let retained = (p.offer.kind == OfferKind::Retention)
-            .then(|| prof.churn_risk.unwrap_or(0.0) * prof.clv.unwrap_or(0.0).max(0.0));
+        let retained = (p.offer.kind == OfferKind::Retention).then(|| retained_value(prof));
         let env = propensity * (p.offer.value.get() + retained.unwrap_or(0.0)) - p.offer.cost.get();
         Some(Candidate {
             idx,
@@ -1702,7 +1718,9 @@ mod tests {
         let got = e.next_best_offers(&v, &req("email"));
         assert_eq!(got[0].offer_id, "winback", "{got:#?}");
         let r = &got[0].reasons;
-        assert_eq!(r.retained_value, Some(0.9 * 800.0));
+        // CLV if retained = CLV / P(alive) = 800 / 0.1.
+        let kept = r.retained_value.unwrap();
+        assert!((kept - 0.9 * 800.0 / 0.1).abs() < 1e-9, "{kept}");
         assert_eq!(
             (r.tier.as_str(), r.churn_risk, r.clv),
             ("gold", Some(0.9), Some(800.0))

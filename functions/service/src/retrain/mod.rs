@@ -6,7 +6,9 @@
 //! holdout (each sampled customer's latest purchases) -> optionally tune on a validation
 //! split carved from the training part only -> fit the candidate without the holdout ->
 //! evaluate candidate, live model and popularity on that same holdout -> gate -> train the
-//! final model on all the data (neighbours and index included) -> write the artifact under
+//! final model on all the data (neighbours and index included) -> compute the customer
+//! insight snapshot (profiles, tiers, P(alive), CLV, repurchase intervals; `crm`) and store
+//! it beside the artifact, keyed by the version -> write the artifact under
 //! its content address -> register the version with parameters, counts, metrics and the
 //! gate's decision -> flip the live pointer by compare-and-set -> finish the job, release
 //! the lock.
@@ -47,6 +49,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use crate::crm;
 use crate::error::{Context, Error, Result};
 use crate::training;
 pub use faults::{FailPoint, Faults};
@@ -73,6 +76,9 @@ pub enum Step {
     Gate,
     /// Fit the final model on all data, with neighbour lists and index.
     Train,
+    /// Customer insight for the new version: profiles, tiers, P(alive), CLV, repurchase
+    /// intervals and offer statistics, stored beside the artifact (see `crm`).
+    Insight,
     /// Serialise and store the artifact under its checksum.
     Artifact,
     /// Register the version in the registry.
@@ -85,7 +91,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in pipeline order.
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::Lock,
         Step::Scan,
         Step::Interactions,
@@ -94,6 +100,7 @@ impl Step {
         Step::Evaluate,
         Step::Gate,
         Step::Train,
+        Step::Insight,
         Step::Artifact,
         Step::Register,
         Step::Flip,
@@ -111,6 +118,7 @@ impl Step {
             Step::Evaluate => "evaluate",
             Step::Gate => "gate",
             Step::Train => "train",
+            Step::Insight => "insight",
             Step::Artifact => "artifact",
             Step::Register => "register",
             Step::Flip => "flip",
@@ -129,6 +137,7 @@ impl Step {
             Step::Evaluate => "evaluating on the holdout",
             Step::Gate => "applying the promotion gate",
             Step::Train => "training on all data",
+            Step::Insight => "computing customer profiles",
             Step::Artifact => "writing the artifact",
             Step::Register => "registering the version",
             Step::Flip => "flipping the live pointer",
@@ -973,6 +982,11 @@ async fn locked(
     };
     let pairs = data.nnz() as u64;
     drop(data);
+
+    clock.enter(Step::Insight);
+    deps.faults.check(Step::Insight)?;
+    lease.check("insight")?;
+    crm::write_snapshot(stores, tenant, &model).await?;
 
     clock.enter(Step::Artifact);
     deps.faults.check(Step::Artifact)?;

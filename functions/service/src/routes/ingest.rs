@@ -167,7 +167,7 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
-    fn of(results: Vec<RowResult>) -> Self {
+    pub(crate) fn of(results: Vec<RowResult>) -> Self {
         let count = |s: &[RowStatus]| results.iter().filter(|r| s.contains(&r.result)).count();
         Self {
             written: count(&[RowStatus::Inserted, RowStatus::Written]),
@@ -180,7 +180,7 @@ impl BatchResult {
 }
 
 /// Parses each row on its own; bad rows become `Invalid` results.
-fn parse_rows<T: DeserializeOwned>(
+pub(crate) fn parse_rows<T: DeserializeOwned>(
     rows: Vec<serde_json::Value>,
     check: impl Fn(&T) -> affinity_store::Result<()>,
 ) -> (Vec<(usize, T)>, Vec<RowResult>) {

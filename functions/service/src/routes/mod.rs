@@ -22,7 +22,9 @@ pub mod customers;
 pub mod docs;
 pub mod health;
 pub mod ingest;
+pub mod insight;
 pub mod models;
+pub mod offers;
 pub mod similar;
 
 /// Name of the bearer-key security scheme in the OpenAPI document.
@@ -42,6 +44,7 @@ pub const SECURITY: &str = "api_key";
         (name = "recommendations", description = "Similar items, baskets, customers"),
         (name = "ingestion", description = "Purchases and catalog items"),
         (name = "models", description = "The live model, versions with their metrics, retraining, promotion, rollback and jobs"),
+        (name = "offers", description = "Customer insight and next best offers"),
         (name = "service", description = "Health and this document")
     )
 )]
@@ -68,6 +71,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(customers::routes())
         .merge(ingest::routes())
         .merge(models::routes())
+        .merge(offers::routes())
+        .merge(insight::routes())
 }
 
 /// The OpenAPI document of exactly the routes [`router`] serves.

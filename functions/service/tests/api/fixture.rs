@@ -240,3 +240,9 @@ pub fn assert_answer_shape(body: &Value) {
         assert!(item["explanation"].as_str().is_some_and(|e| !e.is_empty()));
     }
 }
+
+/// The live model (and its CRM snapshot) as the router serves it.
+pub async fn serving(app: &App) -> std::sync::Arc<affinity_service::loader::Serving> {
+    let state = AppState::new(app.stores.clone(), &Settings::for_tests());
+    state.models.get(&app.tenant).await.unwrap()
+}

@@ -8,5 +8,6 @@ mod hostile;
 mod lambda;
 mod loader;
 mod models;
+mod offers;
 mod openapi;
 mod routes;
