@@ -74,7 +74,7 @@ fn limit(raw: Option<u32>, default: usize, max: usize) -> Result<usize, ApiError
 }
 
 fn recommendation_id() -> Result<RecommendationId, ApiError> {
-    RecommendationId::parse(format!("rec-{}", uuid::Uuid::new_v4().simple()))
+    RecommendationId::parse(format!("rec_{}", uuid::Uuid::new_v4().simple()))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
