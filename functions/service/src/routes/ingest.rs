@@ -166,6 +166,23 @@ pub struct BatchResult {
     pub results: Vec<RowResult>,
 }
 
+impl RowResult {
+    /// The result of a row the store was asked to write; `conflict` says which identity clashed.
+    pub(crate) fn from_outcome(index: usize, outcome: WriteOutcome, conflict: &str) -> Self {
+        let (result, reason) = match outcome {
+            WriteOutcome::Inserted => (RowStatus::Inserted, None),
+            WriteOutcome::Duplicate => (RowStatus::Duplicate, None),
+            WriteOutcome::Conflict => (RowStatus::Conflict, Some(conflict.to_owned())),
+            WriteOutcome::Invalid(r) => (RowStatus::Invalid, Some(r)),
+        };
+        Self {
+            index,
+            result,
+            reason,
+        }
+    }
+}
+
 impl BatchResult {
     pub(crate) fn of(results: Vec<RowResult>) -> Self {
         let count = |s: &[RowStatus]| results.iter().filter(|r| s.contains(&r.result)).count();
@@ -236,20 +253,11 @@ async fn ingest_purchases(
             .put_purchases(&caller.tenant, &purchases)
             .await?;
         for ((index, _), outcome) in rows.iter().zip(outcomes) {
-            let (result, reason) = match outcome {
-                WriteOutcome::Inserted => (RowStatus::Inserted, None),
-                WriteOutcome::Duplicate => (RowStatus::Duplicate, None),
-                WriteOutcome::Conflict => (
-                    RowStatus::Conflict,
-                    Some("another purchase with this order_id and line is stored".into()),
-                ),
-                WriteOutcome::Invalid(r) => (RowStatus::Invalid, Some(r)),
-            };
-            results.push(RowResult {
-                index: *index,
-                result,
-                reason,
-            });
+            results.push(RowResult::from_outcome(
+                *index,
+                outcome,
+                "another purchase with this order_id and line is stored",
+            ));
         }
     }
     results.sort_by_key(|r| r.index);

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use affinity_model::crm::offers::Offer;
 use affinity_store::{
     Channel, CustomerId, EventId, OfferEvent, OfferEventKind, OfferId, OfferRecord, OfferStatus,
-    RecommendationId, Scope, WriteOutcome,
+    RecommendationId, Scope,
 };
 use axum::Json;
 use axum::extract::State;
@@ -26,7 +26,7 @@ use crate::auth::Caller;
 use crate::crm;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, batch_len, store_reason};
-use crate::routes::ingest::{BatchResult, RowResult, RowStatus, parse_rows};
+use crate::routes::ingest::{BatchResult, RowResult, parse_rows};
 use crate::routes::insight::{insight, parse_channel};
 use crate::state::AppState;
 
@@ -359,20 +359,11 @@ async fn record_events(
     if !events.is_empty() {
         let outcomes = records.put_offer_events(&caller.tenant, &events).await?;
         for ((index, _), outcome) in rows.iter().zip(outcomes) {
-            let (result, reason) = match outcome {
-                WriteOutcome::Inserted => (RowStatus::Inserted, None),
-                WriteOutcome::Duplicate => (RowStatus::Duplicate, None),
-                WriteOutcome::Conflict => (
-                    RowStatus::Conflict,
-                    Some("another event with this event_id is stored".into()),
-                ),
-                WriteOutcome::Invalid(r) => (RowStatus::Invalid, Some(r)),
-            };
-            results.push(RowResult {
-                index: *index,
-                result,
-                reason,
-            });
+            results.push(RowResult::from_outcome(
+                *index,
+                outcome,
+                "another event with this event_id is stored",
+            ));
         }
     }
     results.sort_by_key(|r| r.index);
