@@ -23,8 +23,13 @@ use crate::{Error, Result};
 #[cfg(target_endian = "big")]
 compile_error!("the artifact format stores native little-endian arrays");
 
-/// Version of the byte layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of the byte layout this build writes.
+pub const FORMAT_VERSION: u32 = 3;
+/// Oldest layout this build still reads: version 2 stored a cosine and a `u32` count per
+/// neighbour slot, version 3 derives the cosine from the item vectors and packs counts in
+/// `u16` (a third smaller artifact, read on every cold start). Models trained before the
+/// upgrade keep serving.
+pub const OLDEST_READABLE: u32 = 2;
 const MAGIC: &[u8; 8] = b"AFFNMODL";
 const PREAMBLE: usize = 8 + 4 + 4 + 32;
 /// Refuse absurd headers before allocating for them.
@@ -64,7 +69,39 @@ fn refuse(msg: impl Into<String>) -> Error {
 impl Model {
     /// Serialises the model with its manifest and checksums.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.encode(FORMAT_VERSION)
+    }
+
+    fn encode(&self, version: u32) -> Result<Vec<u8>> {
         let json = |v: &dyn erased::Json| v.to_json();
+        let nb = &self.neighbours;
+        let neighbour_parts: Vec<(&str, Vec<u8>)> = if version >= 3 {
+            let wide: Vec<u32> = nb.wide.iter().flat_map(|&(s, c)| [s, c]).collect();
+            vec![
+                ("neighbours.ids", cast_u32(&nb.ids)),
+                (
+                    "neighbours.shared",
+                    bytemuck::cast_slice(&nb.shared).to_vec(),
+                ),
+                ("neighbours.wide", cast_u32(&wide)),
+            ]
+        } else {
+            // The version 2 layout, kept writable so the reading path has a real input.
+            let (mut scores, mut shared) = (Vec::new(), Vec::new());
+            for i in 0..nb.n_items() as u32 {
+                let listed: Vec<_> = nb.of(i).collect();
+                for slot in 0..nb.k {
+                    let n = listed.get(slot);
+                    scores.push(n.map_or(0.0, |n| self.cosine(i, n.id)));
+                    shared.push(n.map_or(0, |n| n.shared_buyers));
+                }
+            }
+            vec![
+                ("neighbours.ids", cast_u32(&nb.ids)),
+                ("neighbours.scores", bytemuck::cast_slice(&scores).to_vec()),
+                ("neighbours.shared", cast_u32(&shared)),
+            ]
+        };
         let mut parts: Vec<(&str, Vec<u8>)> = vec![
             ("items", json(&self.items)?),
             ("categories", json(&self.categories)?),
@@ -87,18 +124,15 @@ impl Model {
                 "negative_weights",
                 bytemuck::cast_slice(&self.negative_weights).to_vec(),
             ),
-            ("neighbours.ids", cast_u32(&self.neighbours.ids)),
-            (
-                "neighbours.scores",
-                bytemuck::cast_slice(&self.neighbours.scores).to_vec(),
-            ),
-            ("neighbours.shared", cast_u32(&self.neighbours.shared)),
+        ];
+        parts.extend(neighbour_parts);
+        parts.extend([
             (
                 "popularity.score",
                 bytemuck::cast_slice(&self.popularity.score).to_vec(),
             ),
             ("popularity.order", cast_u32(&self.popularity.order)),
-        ];
+        ]);
         if let Some(h) = &self.hnsw {
             parts.push(("hnsw", h.to_bytes()?));
         }
@@ -113,15 +147,14 @@ impl Model {
             });
             offset += bytes.len() as u64;
         }
-        let header = Header {
-            manifest: self.manifest.clone(),
-            sections,
-        };
+        let mut manifest = self.manifest.clone();
+        manifest.format_version = version;
+        let header = Header { manifest, sections };
         let header =
             serde_json::to_vec(&header).map_err(|e| refuse(format!("encode header: {e}")))?;
         let mut out = Vec::with_capacity(PREAMBLE + header.len() + offset as usize);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(&Sha256::digest(&header));
         out.extend_from_slice(&header);
@@ -143,9 +176,9 @@ impl Model {
             return Err(refuse("not an Affinity model artifact (bad magic bytes)"));
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
             return Err(refuse(format!(
-                "artifact format version {version} is not supported by this build (expects {FORMAT_VERSION})"
+                "artifact format version {version} is not supported by this build (reads {OLDEST_READABLE} to {FORMAT_VERSION})"
             )));
         }
         let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
@@ -162,7 +195,7 @@ impl Model {
         }
         let header: Header =
             serde_json::from_slice(header).map_err(|e| refuse(format!("header: {e}")))?;
-        if header.manifest.format_version != FORMAT_VERSION {
+        if header.manifest.format_version != version {
             return Err(refuse(
                 "manifest format version disagrees with the file header",
             ));
@@ -245,17 +278,32 @@ impl Model {
         let vectors = ItemVectors::new(factors.into(), d)?;
         let gram = read_f32(get("gram")?, "gram")?;
         let negative_weights = read_f32(get("negative_weights")?, "negative_weights")?;
-        let neighbours = Neighbours {
-            k: m.config.neighbours,
-            ids: read_u32(get("neighbours.ids")?, "neighbours.ids")?,
-            scores: read_f32(get("neighbours.scores")?, "neighbours.scores")?,
-            shared: read_u32(get("neighbours.shared")?, "neighbours.shared")?,
+        let ids = read_u32(get("neighbours.ids")?, "neighbours.ids")?;
+        let neighbours = if m.format_version >= 3 {
+            let shared = get("neighbours.shared")?;
+            if !shared.len().is_multiple_of(2) {
+                return Err(refuse(
+                    "section `neighbours.shared` is not a whole number of u16 values",
+                ));
+            }
+            let wide = read_u32(get("neighbours.wide")?, "neighbours.wide")?;
+            if !wide.len().is_multiple_of(2) {
+                return Err(refuse("section `neighbours.wide` holds an unpaired value"));
+            }
+            Neighbours {
+                k: m.config.neighbours,
+                ids,
+                shared: bytemuck::pod_collect_to_vec(shared),
+                wide: wide.chunks_exact(2).map(|p| (p[0], p[1])).collect(),
+            }
+        } else {
+            let shared = read_u32(get("neighbours.shared")?, "neighbours.shared")?;
+            if shared.len() != ids.len() {
+                return Err(refuse("neighbour sections disagree in length"));
+            }
+            Neighbours::from_counts(m.config.neighbours, ids, &shared)
         };
-        if neighbours.scores.len() != neighbours.ids.len()
-            || neighbours.shared.len() != neighbours.ids.len()
-        {
-            return Err(refuse("neighbour sections disagree in length"));
-        }
+        neighbours.validate().map_err(refuse)?;
         let score = read_f32(get("popularity.score")?, "popularity.score")?;
         let order = read_u32(get("popularity.order")?, "popularity.order")?;
         let item_category: Vec<Option<u32>> = item_category;
@@ -434,8 +482,9 @@ mod tests {
         b.push(0);
         expect(&b, "padded");
         let mut b = bytes.clone();
-        // The previous layout (no negative weights) and a future one are both refused.
-        for foreign in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+        // A layout older than the oldest readable (no negative weights) and a future one
+        // are both refused.
+        for foreign in [OLDEST_READABLE - 1, FORMAT_VERSION + 1] {
             b[8..12].copy_from_slice(&foreign.to_le_bytes());
             expect(&b, &format!("format version {foreign} is not supported"));
         }
@@ -467,5 +516,17 @@ mod tests {
             .to_bytes()
             .unwrap();
         assert!(Model::from_bytes_with_digest(&other, &registered).is_err());
+    }
+
+    #[test]
+    fn a_version_2_artifact_still_loads_and_answers_the_same() {
+        let m = model(IndexChoice::Exact);
+        let v2 = m.encode(2).unwrap();
+        assert_eq!(Model::read_header(&v2).unwrap().manifest.format_version, 2);
+        let back = Model::from_bytes_with_digest(&v2, &digest(&v2)).unwrap();
+        same_answers(&m, &back);
+        assert_eq!(back.neighbours, m.neighbours);
+        // Version 3 is smaller: no cosine per slot, counts in half the bytes.
+        assert!(m.to_bytes().unwrap().len() < v2.len());
     }
 }

@@ -281,12 +281,7 @@ fn build(
         Neighbours::build(&factors.item, d, &data.item_users, config.neighbours)
     } else {
         // One empty slot per item: the shape a model needs, none of the cost.
-        Neighbours {
-            k: 1,
-            ids: vec![crate::neighbours::NONE; n],
-            scores: vec![0.0; n],
-            shared: vec![0; n],
-        }
+        Neighbours::empty(n)
     };
     let mut categories: Vec<String> = item_categories.values().cloned().collect();
     categories.sort();
@@ -516,7 +511,7 @@ impl Model {
         )
     }
 
-    fn cosine(&self, a: u32, b: u32) -> f32 {
+    pub(crate) fn cosine(&self, a: u32, b: u32) -> f32 {
         let (na, nb) = (self.item_norms[a as usize], self.item_norms[b as usize]);
         if na == 0.0 || nb == 0.0 {
             return 0.0;
@@ -542,13 +537,14 @@ impl Model {
                 return out;
             }
             if filter(nb.id) {
+                let similarity = self.cosine(item, nb.id);
                 out.push(Scored {
                     item: nb.id,
-                    score: nb.similarity,
+                    score: similarity,
                     reason: Reason::AlsoBought {
                         anchor: item,
                         shared_buyers: nb.shared_buyers,
-                        similarity: nb.similarity,
+                        similarity,
                     },
                 });
             }
@@ -599,12 +595,13 @@ impl Model {
                 if in_basket(nb.id) || !filter(nb.id) {
                     continue;
                 }
+                let similarity = self.cosine(b, nb.id);
                 let e = acc
                     .entry(nb.id)
-                    .or_insert((0.0, b, nb.shared_buyers, nb.similarity));
-                e.0 += nb.similarity;
-                if nb.similarity > e.3 {
-                    (e.1, e.2, e.3) = (b, nb.shared_buyers, nb.similarity);
+                    .or_insert((0.0, b, nb.shared_buyers, similarity));
+                e.0 += similarity;
+                if similarity > e.3 {
+                    (e.1, e.2, e.3) = (b, nb.shared_buyers, similarity);
                 }
             }
         }

@@ -13,17 +13,20 @@ use crate::topk::TopK;
 /// Marks an empty slot in a neighbour list.
 pub const NONE: u32 = u32::MAX;
 
-/// Rows of `k` neighbours per item: id, cosine similarity, customers who bought both.
+/// Rows of `k` neighbours per item: id and customers who bought both. The similarity is
+/// not stored: it is the cosine of the two item vectors the model already holds, so the
+/// artifact (read on every cold start) carries no second copy of it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Neighbours {
     /// Slots per item.
     pub k: usize,
     /// `n_items * k` neighbour ids, best first, padded with [`NONE`].
     pub ids: Vec<u32>,
-    /// Cosine similarity of the item embeddings.
-    pub scores: Vec<f32>,
-    /// Customers who bought both items.
-    pub shared: Vec<u32>,
+    /// Customers who bought both, per slot; a count that does not fit reads `u16::MAX`
+    /// here and is kept exactly in `wide`.
+    pub shared: Vec<u16>,
+    /// `(slot, count)` of every saturated slot of `shared`, sorted by slot.
+    pub wide: Vec<(u32, u32)>,
 }
 
 /// One neighbour of an item.
@@ -31,8 +34,6 @@ pub struct Neighbours {
 pub struct Neighbour {
     /// Neighbour item index.
     pub id: u32,
-    /// Cosine similarity of embeddings.
-    pub similarity: f32,
     /// Customers who bought both.
     pub shared_buyers: u32,
 }
@@ -78,24 +79,67 @@ impl Neighbours {
             })
             .collect();
         let mut ids = vec![NONE; n * k];
-        let mut scores = vec![0f32; n * k];
-        let mut shared = vec![0u32; n * k];
+        let mut counts = vec![0u32; n * k];
         ids.par_chunks_mut(k.max(1))
-            .zip(scores.par_chunks_mut(k.max(1)))
-            .zip(shared.par_chunks_mut(k.max(1)))
+            .zip(counts.par_chunks_mut(k.max(1)))
             .enumerate()
-            .for_each(|(i, ((ids, scores), shared))| {
-                for (slot, &(j, s)) in lists[i].iter().enumerate() {
+            .for_each(|(i, (ids, counts))| {
+                for (slot, &(j, _)) in lists[i].iter().enumerate() {
                     ids[slot] = j;
-                    scores[slot] = s;
-                    shared[slot] = intersection(item_users.row(i).0, item_users.row(j as usize).0);
+                    counts[slot] = intersection(item_users.row(i).0, item_users.row(j as usize).0);
                 }
             });
+        Self::from_counts(k, ids, &counts)
+    }
+
+    /// Lists from ids and exact shared-buyer counts, packed.
+    pub fn from_counts(k: usize, ids: Vec<u32>, counts: &[u32]) -> Self {
+        let wide = counts
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c >= u32::from(u16::MAX))
+            .map(|(s, &c)| (s as u32, c))
+            .collect();
+        let shared = counts
+            .iter()
+            .map(|&c| u16::try_from(c).unwrap_or(u16::MAX))
+            .collect();
         Self {
             k,
             ids,
-            scores,
             shared,
+            wide,
+        }
+    }
+
+    /// Lists with no neighbours: the shape a model needs when it serves none.
+    pub fn empty(n_items: usize) -> Self {
+        Self::from_counts(1, vec![NONE; n_items], &vec![0; n_items])
+    }
+
+    /// Checks the packed counts agree with each other and with the id lists.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shared.len() != self.ids.len() {
+            return Err("neighbour ids and shared-buyer counts disagree in length".into());
+        }
+        let saturated = self.shared.iter().filter(|&&c| c == u16::MAX).count();
+        let sorted = self.wide.windows(2).all(|w| w[0].0 < w[1].0);
+        let placed = self.wide.iter().all(|&(s, c)| {
+            self.shared.get(s as usize) == Some(&u16::MAX) && c >= u32::from(u16::MAX)
+        });
+        if saturated != self.wide.len() || !sorted || !placed {
+            return Err("wide shared-buyer counts do not match their slots".into());
+        }
+        Ok(())
+    }
+
+    fn shared_at(&self, slot: usize) -> u32 {
+        match self.shared[slot] {
+            u16::MAX => self
+                .wide
+                .binary_search_by_key(&(slot as u32), |&(s, _)| s)
+                .map_or(u32::from(u16::MAX), |p| self.wide[p].1),
+            c => u32::from(c),
         }
     }
 
@@ -108,8 +152,7 @@ impl Neighbours {
             .filter(|&s| self.ids[s] != NONE)
             .map(move |s| Neighbour {
                 id: self.ids[s],
-                similarity: self.scores[s],
-                shared_buyers: self.shared[s],
+                shared_buyers: self.shared_at(s),
             })
     }
 
@@ -161,13 +204,31 @@ mod tests {
         let first: Vec<Neighbour> = n.of(0).collect();
         assert_eq!(first[0].id, 1);
         assert_eq!(first[0].shared_buyers, 2);
-        assert!(first[0].similarity > 0.99);
         assert_eq!(first[1].id, 2);
         assert_eq!(n.of(3).count(), 0, "never-bought item gets no list");
         assert!(
             n.of(1).all(|x| x.id != 3),
             "never-bought item is never a neighbour"
         );
+    }
+
+    #[test]
+    fn counts_past_u16_are_kept_exactly() {
+        let counts = [3, 65_534, 65_535, 70_000, 0, 4_000_000_000];
+        let n = Neighbours::from_counts(3, vec![1, 2, 3, 0, NONE, 2], &counts);
+        assert_eq!(n.wide, vec![(2, 65_535), (3, 70_000), (5, 4_000_000_000)]);
+        n.validate().unwrap();
+        let got: Vec<u32> = (0..2)
+            .flat_map(|i| n.of(i))
+            .map(|x| x.shared_buyers)
+            .collect();
+        assert_eq!(got, vec![3, 65_534, 65_535, 70_000, 4_000_000_000]);
+        let mut broken = n.clone();
+        broken.wide.pop();
+        assert!(broken.validate().is_err());
+        let mut broken = n;
+        broken.wide[0].0 = 0;
+        assert!(broken.validate().is_err());
     }
 
     #[test]
