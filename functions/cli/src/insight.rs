@@ -16,7 +16,11 @@ use serde_json::json;
 async fn live(stores: &Stores, tenant: &TenantId) -> Result<(Arc<Serving>, Arc<CrmSnapshot>)> {
     let cache = ModelCache::new(stores.clone(), std::time::Duration::from_secs(60));
     let serving = cache.get(tenant).await.context("load the live model")?;
-    let snapshot = serving.crm.clone().ok_or_else(|| {
+    let snapshot = cache
+        .crm(tenant, &serving)
+        .await
+        .context("read the customer insight")?
+        .ok_or_else(|| {
         anyhow!(
             "model version {} has no customer insight; retrain (`affinity train`) to compute it",
             serving.version.version.as_str()

@@ -2,7 +2,7 @@
 //! catalog items the model does not know yet (added since the last retrain), so filters
 //! are array lookups and answers can be topped up with new items.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use affinity_model::model::Model;
 use affinity_store::CatalogItem;
@@ -51,14 +51,19 @@ pub struct CatalogView {
 impl CatalogView {
     /// Aligns `catalog` with `model`'s item indices.
     pub fn build(model: &Model, catalog: &[CatalogItem]) -> Self {
-        let mut categories: Vec<String> = model.categories.clone();
-        categories.extend(
-            catalog
-                .iter()
-                .filter_map(|c| c.category.as_ref().map(|c| c.as_str().to_owned())),
-        );
-        categories.sort();
-        categories.dedup();
+        // Distinct names first: a catalog has a handful of categories over 100k items, and
+        // sorting one owned string per item cost tens of milliseconds of every cold start.
+        let names: BTreeSet<&str> = model
+            .categories
+            .iter()
+            .map(String::as_str)
+            .chain(
+                catalog
+                    .iter()
+                    .filter_map(|c| c.category.as_ref().map(|c| c.as_str())),
+            )
+            .collect();
+        let categories: Vec<String> = names.into_iter().map(str::to_owned).collect();
         let find = |name: &str| {
             categories
                 .binary_search_by(|c| c.as_str().cmp(name))

@@ -31,10 +31,10 @@ pub struct Serving {
     pub version: ModelVersion,
     /// Catalog flags aligned with the model's item indices.
     pub catalog: Arc<CatalogView>,
-    /// Customer insight computed with this model version (None for a version trained
-    /// before snapshots existed, or whose snapshot could not be read: offers then answer
-    /// 503 while recommendations keep working).
-    pub crm: Option<Arc<CrmSnapshot>>,
+    /// Customer insight computed with this model version, read on the first offer or
+    /// insight request rather than at cold start, so a storefront's first recommendation
+    /// does not wait for it. Holds None for a version trained before snapshots existed.
+    crm: Arc<tokio::sync::OnceCell<Option<Arc<CrmSnapshot>>>>,
     /// When this instance loaded the model.
     pub loaded_at: DateTime<Utc>,
 }
@@ -270,25 +270,7 @@ impl ModelCache {
                 .step("list catalog")?;
             Ok::<_, Error>((items, ms()))
         };
-        // The CRM snapshot of the same version, so one request answers from one model version.
-        let snapshot = async {
-            match crm::read_snapshot(&self.stores, tenant, version.version.as_str()).await {
-                Ok(s) => s.map(Arc::new),
-                Err(e) => {
-                    tracing::error!(
-                        tenant = %tenant,
-                        model_version = %version.version,
-                        error = %e,
-                        "CRM snapshot unreadable; offers unavailable for this version"
-                    );
-                    None
-                }
-            }
-        };
-        let (artifact, catalog, crm) = tokio::join!(artifact, catalog, snapshot);
-        if crm.is_none() {
-            tracing::warn!(tenant = %tenant, model_version = %version.version, "no CRM snapshot for this version");
-        }
+        let (artifact, catalog) = tokio::join!(artifact, catalog);
         let ((model, artifact_bytes, read_ms, decoded_ms), (items, listed_ms)) =
             (artifact?, catalog?);
         let joined_ms = ms();
@@ -306,11 +288,35 @@ impl ModelCache {
         );
         Ok(Serving {
             catalog,
-            crm,
+            crm: Arc::default(),
             model: Arc::new(model),
             version,
             loaded_at: Utc::now(),
         })
+    }
+
+    /// The CRM snapshot of the serving version (the same version, so one request answers
+    /// from one model), read once on first use. A failed read is an error for this request
+    /// and is retried by the next one; a version without a snapshot is `Ok(None)`.
+    pub async fn crm(
+        &self,
+        tenant: &TenantId,
+        serving: &Serving,
+    ) -> Result<Option<Arc<CrmSnapshot>>> {
+        let version = serving.version.version.as_str();
+        let snapshot = serving
+            .crm
+            .get_or_try_init(|| async {
+                let s = crm::read_snapshot(&self.stores, tenant, version).await;
+                match &s {
+                    Ok(None) => tracing::warn!(tenant = %tenant, model_version = %version, "no CRM snapshot for this version"),
+                    Err(e) => tracing::error!(tenant = %tenant, model_version = %version, error = %e, "CRM snapshot unreadable"),
+                    Ok(Some(_)) => {}
+                }
+                s.map(|s| s.map(Arc::new))
+            })
+            .await?;
+        Ok(snapshot.clone())
     }
 
     /// Makes the next request re-check the tenant's live pointer (after this process

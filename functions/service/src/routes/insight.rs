@@ -48,12 +48,16 @@ pub(crate) async fn insight(
     caller: &Caller,
 ) -> Result<(Arc<Serving>, Arc<CrmSnapshot>), ApiError> {
     let serving = state.models.get(&caller.tenant).await?;
-    let snapshot = serving.crm.clone().ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "model version {} has no customer insight; retrain to compute it",
-            serving.version.version.as_str()
-        ))
-    })?;
+    let snapshot = state
+        .models
+        .crm(&caller.tenant, &serving)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "model version {} has no customer insight; retrain to compute it",
+                serving.version.version.as_str()
+            ))
+        })?;
     Ok((serving, snapshot))
 }
 

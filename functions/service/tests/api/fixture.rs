@@ -241,8 +241,22 @@ pub fn assert_answer_shape(body: &Value) {
     }
 }
 
-/// The live model (and its CRM snapshot) as the router serves it.
+/// The live model as the router serves it.
 pub async fn serving(app: &App) -> std::sync::Arc<affinity_service::loader::Serving> {
     let state = AppState::new(app.stores.clone(), &Settings::for_tests());
     state.models.get(&app.tenant).await.unwrap()
+}
+
+/// The CRM snapshot of that model version, as the offer routes read it.
+pub async fn snapshot(
+    app: &App,
+    serving: &affinity_service::loader::Serving,
+) -> std::sync::Arc<affinity_service::crm::CrmSnapshot> {
+    let state = AppState::new(app.stores.clone(), &Settings::for_tests());
+    state
+        .models
+        .crm(&app.tenant, serving)
+        .await
+        .unwrap()
+        .expect("the demo model has a CRM snapshot")
 }

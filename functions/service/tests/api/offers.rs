@@ -287,7 +287,7 @@ async fn dry_run_counts_equal_a_brute_force_count() {
         // Brute force: every customer read on their own, eligibility asked of the engine,
         // first offer asked of the HTTP route.
         let serving = crate::fixture::serving(&app).await;
-        let snapshot = serving.crm.clone().unwrap();
+        let snapshot = crate::fixture::snapshot(&app, &serving).await;
         let records = app.stores.records.as_ref();
         let engine = crm::offer_engine(
             records,
