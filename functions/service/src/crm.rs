@@ -11,7 +11,7 @@
 //! Conversions from store records ([`offer_from_record`], [`past_event`]) live here so the
 //! model crate never depends on the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use affinity_model::crm::offers::{
     CustomerView, DryRun, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest,
@@ -132,46 +132,104 @@ pub async fn compute_snapshot(
         .scan_purchases(tenant, SCAN_SEGMENTS)
         .await
         .step("scan purchases")?;
-    let tx: Vec<Transaction<String>> = scan
-        .purchases
+    // Offer statistics need the purchases of the customers each offer was shown to: the
+    // events are read first so only those histories are kept.
+    let offers = live_offers(store, tenant).await?;
+    let mut offer_events = Vec::with_capacity(offers.len());
+    for offer in &offers {
+        let id = affinity_store::OfferId::parse(offer.id.clone()).step("offer id")?;
+        let events = store
+            .events_by_offer(tenant, &id, None, OFFER_EVENT_LIMIT)
+            .await
+            .step("read offer events")?;
+        offer_events.push(events);
+    }
+    // Every purchase of the tenant goes through the sums below: CPU work for seconds at
+    // scale, kept from stalling other tasks of a multi-threaded runtime (the local server
+    // runs a retrain beside the HTTP API).
+    let work = || {
+        insight_from_purchases(
+            model,
+            &scan.purchases,
+            &offers,
+            &offer_events,
+            observation_end,
+            profile_config,
+            engine_config,
+        )
+    };
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// The CPU side of [`compute_snapshot`]: profiles, intervals and offer statistics from the
+/// scanned purchases and each live offer's events.
+fn insight_from_purchases(
+    model: &Model,
+    purchases: &[Purchase],
+    offers: &[Offer],
+    offer_events: &[Vec<OfferEvent>],
+    observation_end: DateTime<Utc>,
+    profile_config: &ProfileConfig,
+    engine_config: &EngineConfig,
+) -> Result<CrmSnapshot> {
+    let tx: Vec<Transaction<&str>> = purchases
         .iter()
         .map(|p| Transaction {
-            customer: p.customer_id.as_str().to_owned(),
+            customer: p.customer_id.as_str(),
             at: p.purchased_at.timestamp(),
             amount: amount(p),
         })
         .collect();
     let profiles = build_profiles(&tx, observation_end.timestamp(), profile_config)
         .step("customer profiles")?;
+    drop(tx);
     for note in &profiles.notes {
-        tracing::info!(tenant = tenant.as_str(), note = note.as_str(), "profiles");
+        tracing::info!(
+            model_version = model.version(),
+            note = note.as_str(),
+            "profiles"
+        );
     }
-    // Customer ids -> dense indices, for intervals and calibration.
+    let shown: HashSet<&str> = offer_events
+        .iter()
+        .flatten()
+        .filter(|e| e.kind == OfferEventKind::Shown)
+        .map(|e| e.customer_id.as_str())
+        .collect();
+    // Customer ids -> dense indices, for intervals; histories of the customers offers
+    // were shown to, for calibration.
     let mut customer_index: HashMap<&str, u32> = HashMap::new();
-    let mut by_customer: Vec<Vec<ModelPurchase>> = Vec::new();
-    let mut triples = Vec::with_capacity(scan.purchases.len());
-    for p in &scan.purchases {
+    let mut histories: HashMap<&str, Vec<ModelPurchase>> = HashMap::new();
+    let mut triples = Vec::with_capacity(purchases.len());
+    for p in purchases {
         let Some(item) = model.item_index(p.item_id.as_str()) else {
             continue;
         };
         let next = customer_index.len() as u32;
         let c = *customer_index.entry(p.customer_id.as_str()).or_insert(next);
-        if c as usize == by_customer.len() {
-            by_customer.push(Vec::new());
-        }
         let at = p.purchased_at.timestamp();
-        by_customer[c as usize].push(ModelPurchase {
-            item,
-            quantity: p.quantity.get() as f32,
-            at,
-        });
+        if shown.contains(p.customer_id.as_str()) {
+            histories
+                .entry(p.customer_id.as_str())
+                .or_default()
+                .push(ModelPurchase {
+                    item,
+                    quantity: p.quantity.get() as f32,
+                    at,
+                });
+        }
         triples.push((c, item, at));
     }
+    drop(customer_index);
     let intervals = Intervals::compute(model, &triples, &engine_config.repurchase);
+    drop(triples);
 
     // Offer statistics: contacts and acceptances, and the model's mean uncalibrated
     // propensity for the customers it was shown to (what calibration compares against).
-    let offers = live_offers(store, tenant).await?;
+    let profiles = profiles.map_keys(str::to_owned);
     let mut offer_stats = BTreeMap::new();
     let engine = OfferEngine::new(
         model,
@@ -185,15 +243,10 @@ pub async fn compute_snapshot(
     )
     .step("prepare offers")?;
     let now = observation_end.timestamp();
-    for (idx, offer) in offers.iter().enumerate() {
-        let id = affinity_store::OfferId::parse(offer.id.clone()).step("offer id")?;
-        let events = store
-            .events_by_offer(tenant, &id, None, OFFER_EVENT_LIMIT)
-            .await
-            .step("read offer events")?;
+    for (idx, (offer, events)) in offers.iter().zip(offer_events).enumerate() {
         let mut stats = OfferStats::default();
         let mut predicted = Vec::new();
-        for e in &events {
+        for e in events {
             match e.kind {
                 OfferEventKind::Shown => {
                     stats.shown += 1;
@@ -201,10 +254,9 @@ pub async fn compute_snapshot(
                         .get(&e.customer_id.as_str().to_owned())
                         .cloned()
                         .unwrap_or_else(|| CustomerProfile::newcomer(profile_config));
-                    let purchases = customer_index
+                    let purchases = histories
                         .get(e.customer_id.as_str())
-                        .map(|&c| by_customer[c as usize].as_slice())
-                        .unwrap_or(&[]);
+                        .map_or(&[][..], Vec::as_slice);
                     let view = CustomerView {
                         profile: &profile,
                         purchases,

@@ -12,6 +12,7 @@
 //! model's well-known weakness for one-time buyers; their low expected purchases (the
 //! Gamma posterior of `lambda` shrinks as `T` grows) is what shows they are fading.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::optimize;
@@ -83,28 +84,140 @@ pub struct BgNbdFit {
     pub at_boundary: bool,
 }
 
+/// The terms of the likelihood that depend on the parameters only.
+struct ParamTerms {
+    r: f64,
+    alpha: f64,
+    a: f64,
+    b: f64,
+    r_ln_alpha: f64,
+    ln_alpha: f64,
+    ln_a: f64,
+    lg_r: f64,
+    dg_r: f64,
+    lg_ab: f64,
+    dg_ab: f64,
+    lg_b: f64,
+    dg_b: f64,
+}
+
+/// The terms that depend on the parameters and the frequency `x` only: computed once per
+/// distinct frequency per evaluation, not once per customer (log-gamma and digamma are
+/// most of the likelihood's cost, and a million customers share a few hundred frequencies).
+struct FrequencyTerms {
+    frequency: u32,
+    x: f64,
+    lg_rx: f64,
+    dg_rx: f64,
+    lg_bx: f64,
+    dg_bx: f64,
+    lg_abx: f64,
+    dg_abx: f64,
+    bx: f64,
+    ln_bx: f64,
+}
+
+impl ParamTerms {
+    fn new(r: f64, alpha: f64, a: f64, b: f64) -> Self {
+        let ln_alpha = alpha.ln();
+        Self {
+            r,
+            alpha,
+            a,
+            b,
+            r_ln_alpha: r * ln_alpha,
+            ln_alpha,
+            ln_a: a.ln(),
+            lg_r: ln_gamma(r),
+            dg_r: digamma(r),
+            lg_ab: ln_gamma(a + b),
+            dg_ab: digamma(a + b),
+            lg_b: ln_gamma(b),
+            dg_b: digamma(b),
+        }
+    }
+
+    fn at(&self, frequency: u32) -> FrequencyTerms {
+        let x = frequency as f64;
+        let bx = self.b + x.max(1.0) - 1.0;
+        FrequencyTerms {
+            frequency,
+            x,
+            lg_rx: ln_gamma(self.r + x),
+            dg_rx: digamma(self.r + x),
+            lg_bx: ln_gamma(self.b + x),
+            dg_bx: digamma(self.b + x),
+            lg_abx: ln_gamma(self.a + self.b + x),
+            dg_abx: digamma(self.a + self.b + x),
+            bx,
+            ln_bx: bx.ln(),
+        }
+    }
+
+    /// Log-likelihood of one customer and its gradient in (r, alpha, a, b), unscaled.
+    fn ll_and_grad(&self, f: &FrequencyTerms, c: &Rft, grad: &mut [f64; 4]) -> f64 {
+        let (r, alpha, x) = (self.r, self.alpha, f.x);
+        let a1 = f.lg_rx - self.lg_r + self.r_ln_alpha;
+        let a2 = self.lg_ab + f.lg_bx - self.lg_b - f.lg_abx;
+        let ln_at = (alpha + c.t).ln();
+        let ln_ar = (alpha + c.recency).ln();
+        let a3 = -(r + x) * ln_at;
+        let (w3, w4, lse) = if c.frequency > 0 {
+            let a4 = self.ln_a - f.ln_bx - (r + x) * ln_ar;
+            let m = a3.max(a4);
+            let (e3, e4) = ((a3 - m).exp(), (a4 - m).exp());
+            (e3 / (e3 + e4), e4 / (e3 + e4), m + (e3 + e4).ln())
+        } else {
+            (1.0, 0.0, a3)
+        };
+        grad[0] = f.dg_rx - self.dg_r + self.ln_alpha - w3 * ln_at - w4 * ln_ar;
+        grad[1] = r / alpha - w3 * (r + x) / (alpha + c.t) - w4 * (r + x) / (alpha + c.recency);
+        grad[2] = self.dg_ab - f.dg_abx + w4 / self.a;
+        grad[3] = self.dg_ab + f.dg_bx - self.dg_b - f.dg_abx - w4 / f.bx;
+        a1 + a2 + lse
+    }
+}
+
 /// Log-likelihood of one customer and its gradient in (r, alpha, a, b), unscaled.
 fn ll_and_grad(r: f64, alpha: f64, a: f64, b: f64, c: &Rft, grad: &mut [f64; 4]) -> f64 {
-    let x = c.frequency as f64;
-    let a1 = ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln();
-    let a2 = ln_gamma(a + b) + ln_gamma(b + x) - ln_gamma(b) - ln_gamma(a + b + x);
-    let a3 = -(r + x) * (alpha + c.t).ln();
-    let bx = b + x.max(1.0) - 1.0;
-    let a4 = a.ln() - bx.ln() - (r + x) * (c.recency + alpha).ln();
-    let (w3, w4, lse) = if c.frequency > 0 {
-        let m = a3.max(a4);
-        let (e3, e4) = ((a3 - m).exp(), (a4 - m).exp());
-        (e3 / (e3 + e4), e4 / (e3 + e4), m + (e3 + e4).ln())
-    } else {
-        (1.0, 0.0, a3)
-    };
-    let ln_at = (alpha + c.t).ln();
-    let ln_ar = (alpha + c.recency).ln();
-    grad[0] = digamma(r + x) - digamma(r) + alpha.ln() - w3 * ln_at - w4 * ln_ar;
-    grad[1] = r / alpha - w3 * (r + x) / (alpha + c.t) - w4 * (r + x) / (alpha + c.recency);
-    grad[2] = digamma(a + b) - digamma(a + b + x) + w4 / a;
-    grad[3] = digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x) - w4 / bx;
-    a1 + a2 + lse
+    let terms = ParamTerms::new(r, alpha, a, b);
+    terms.ll_and_grad(&terms.at(c.frequency), c, grad)
+}
+
+/// Rows per parallel chunk of the fit's sums: fixed, so the sum's order (and the fit) is
+/// the same on any number of threads.
+const CHUNK: usize = 4096;
+
+/// Sum of `w * log-likelihood` and of `w * gradient` over weighted rows sorted by
+/// frequency, in fixed chunks on rayon's threads.
+fn weighted_sum(terms: &ParamTerms, rows: &[(Rft, f64)]) -> (f64, [f64; 4]) {
+    let parts: Vec<(f64, [f64; 4])> = rows
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut total = 0.0;
+            let mut acc = [0.0; 4];
+            let mut g = [0.0; 4];
+            let mut at: Option<FrequencyTerms> = None;
+            for (c, w) in chunk {
+                let f = match at.take() {
+                    Some(f) if f.frequency == c.frequency => f,
+                    _ => terms.at(c.frequency),
+                };
+                total += w * terms.ll_and_grad(&f, c, &mut g);
+                for k in 0..4 {
+                    acc[k] += w * g[k];
+                }
+                at = Some(f);
+            }
+            (total, acc)
+        })
+        .collect();
+    parts.iter().fold((0.0, [0.0; 4]), |(t, mut a), (pt, pa)| {
+        for k in 0..4 {
+            a[k] += pa[k];
+        }
+        (t + pt, a)
+    })
 }
 
 impl BgNbdParams {
@@ -240,15 +353,7 @@ pub fn fit(customers: &[Rft]) -> Result<BgNbdFit> {
     let n = customers.len() as f64;
     let objective = |lp: &[f64], grad: &mut [f64]| -> f64 {
         let p = [lp[0].exp(), lp[1].exp(), lp[2].exp(), lp[3].exp()];
-        let mut total = 0.0;
-        let mut acc = [0.0; 4];
-        let mut g = [0.0; 4];
-        for (c, w) in &rows {
-            total += w * ll_and_grad(p[0], p[1], p[2], p[3], c, &mut g);
-            for k in 0..4 {
-                acc[k] += w * g[k];
-            }
-        }
+        let (total, acc) = weighted_sum(&ParamTerms::new(p[0], p[1], p[2], p[3]), &rows);
         // d/d(log theta) = theta * d/d(theta); minimise the mean negative log-likelihood.
         for k in 0..4 {
             grad[k] = -acc[k] * p[k] / n;
@@ -263,7 +368,19 @@ pub fn fit(customers: &[Rft]) -> Result<BgNbdFit> {
         b: m.x[3].exp(),
     };
     params.check()?;
-    let ll: f64 = customers.iter().map(|c| params.log_likelihood(c)).sum();
+    let unscaled: Vec<(Rft, f64)> = rows
+        .iter()
+        .map(|(c, w)| {
+            let c = Rft {
+                frequency: c.frequency,
+                recency: c.recency / scale,
+                t: c.t / scale,
+            };
+            (c, *w)
+        })
+        .collect();
+    let terms = ParamTerms::new(params.r, params.alpha, params.a, params.b);
+    let (ll, _) = weighted_sum(&terms, &unscaled);
     Ok(BgNbdFit {
         params,
         mean_log_likelihood: ll / n,

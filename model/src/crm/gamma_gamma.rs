@@ -7,6 +7,7 @@
 //! Likelihood and CLV follow lifetimes 0.11.3 (`GammaGammaFitter`,
 //! `customer_lifetime_value`).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{BgNbdParams, Rft};
@@ -45,15 +46,117 @@ pub struct GammaGammaFit {
     pub at_boundary: bool,
 }
 
-/// One customer's log-likelihood (lifetimes' form of note 025 eq. 1a) and its gradient.
+/// One repeat customer as the fit sees it: `x`, `m`, and the logs that stay fixed.
+#[derive(Clone, Copy)]
+struct Row {
+    x: f64,
+    m: f64,
+    ln_x: f64,
+    ln_m: f64,
+}
+
+impl Row {
+    fn new(x: f64, m: f64) -> Self {
+        Self {
+            x,
+            m,
+            ln_x: x.ln(),
+            ln_m: m.ln(),
+        }
+    }
+}
+
+/// The terms that depend on the parameters only.
+struct ParamTerms {
+    p: f64,
+    q: f64,
+    v: f64,
+    lg_q: f64,
+    dg_q: f64,
+    ln_v: f64,
+}
+
+/// The log-gamma and digamma terms, which depend on the parameters and `x` only: computed
+/// once per run of equal `x` in the fit (a million customers share a few hundred counts).
+struct CountTerms {
+    x: f64,
+    lg: f64,
+    dg_pxq: f64,
+    dg_px: f64,
+}
+
+impl ParamTerms {
+    fn new(p: f64, q: f64, v: f64) -> Self {
+        Self {
+            p,
+            q,
+            v,
+            lg_q: ln_gamma(q),
+            dg_q: digamma(q),
+            ln_v: v.ln(),
+        }
+    }
+
+    fn at(&self, x: f64) -> CountTerms {
+        let px = self.p * x;
+        CountTerms {
+            x,
+            lg: ln_gamma(px + self.q) - ln_gamma(px) - self.lg_q,
+            dg_pxq: digamma(px + self.q),
+            dg_px: digamma(px),
+        }
+    }
+
+    /// One customer's log-likelihood (lifetimes' form of note 025 eq. 1a) and its gradient.
+    fn ll_and_grad(&self, t: &CountTerms, r: &Row, g: &mut [f64; 3]) -> f64 {
+        let (q, v) = (self.q, self.v);
+        let px = self.p * r.x;
+        let lxmv = (r.x * r.m + v).ln();
+        g[0] = r.x * (t.dg_pxq - t.dg_px + r.ln_m + r.ln_x - lxmv);
+        g[1] = t.dg_pxq - self.dg_q + self.ln_v - lxmv;
+        g[2] = q / v - (px + q) / (r.x * r.m + v);
+        t.lg + q * self.ln_v + (px - 1.0) * r.ln_m + px * r.ln_x - (px + q) * lxmv
+    }
+}
+
+/// One customer's log-likelihood and its gradient in (p, q, v).
 fn ll_and_grad(p: f64, q: f64, v: f64, x: f64, m: f64, g: &mut [f64; 3]) -> f64 {
-    let px = p * x;
-    let lxmv = (x * m + v).ln();
-    g[0] = x * (digamma(px + q) - digamma(px) + m.ln() + x.ln() - lxmv);
-    g[1] = digamma(px + q) - digamma(q) + v.ln() - lxmv;
-    g[2] = q / v - (px + q) / (x * m + v);
-    ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + (px - 1.0) * m.ln() + px * x.ln()
-        - (px + q) * lxmv
+    let terms = ParamTerms::new(p, q, v);
+    terms.ll_and_grad(&terms.at(x), &Row::new(x, m), g)
+}
+
+/// Rows per parallel chunk of the fit's sums: fixed, so the sum's order (and the fit) is
+/// the same on any number of threads.
+const CHUNK: usize = 4096;
+
+/// Sum of the log-likelihood and its gradient over rows sorted by `x`, in fixed chunks on
+/// rayon's threads.
+fn sum_ll_and_grad(terms: &ParamTerms, rows: &[Row]) -> (f64, [f64; 3]) {
+    let parts: Vec<(f64, [f64; 3])> = rows
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let (mut total, mut acc, mut g) = (0.0, [0.0; 3], [0.0; 3]);
+            let mut at: Option<CountTerms> = None;
+            for r in chunk {
+                let t = match at.take() {
+                    Some(t) if t.x == r.x => t,
+                    _ => terms.at(r.x),
+                };
+                total += terms.ll_and_grad(&t, r, &mut g);
+                for k in 0..3 {
+                    acc[k] += g[k];
+                }
+                at = Some(t);
+            }
+            (total, acc)
+        })
+        .collect();
+    parts.iter().fold((0.0, [0.0; 3]), |(t, mut a), (pt, pa)| {
+        for k in 0..3 {
+            a[k] += pa[k];
+        }
+        (t + pt, a)
+    })
 }
 
 impl GammaGammaParams {
@@ -88,11 +191,12 @@ impl GammaGammaParams {
 /// repeats or with a non-positive mean are skipped, as the model is defined for repeat
 /// buyers only. Optimises log-parameters from lifetimes' start (all 0.1).
 pub fn fit(customers: &[(u32, f64)]) -> Result<GammaGammaFit> {
-    let rows: Vec<(f64, f64)> = customers
+    let mut rows: Vec<Row> = customers
         .iter()
         .filter(|(x, m)| *x > 0 && m.is_finite() && *m > 0.0)
-        .map(|&(x, m)| (x as f64, m))
+        .map(|&(x, m)| Row::new(x as f64, m))
         .collect();
+    rows.sort_by(|a, b| a.x.total_cmp(&b.x).then(a.m.total_cmp(&b.m)));
     if rows.len() < 2 {
         return Err(Error::EmptyData(format!(
             "Gamma-Gamma needs at least 2 repeat customers with a positive spend, got {}",
@@ -102,13 +206,7 @@ pub fn fit(customers: &[(u32, f64)]) -> Result<GammaGammaFit> {
     let n = rows.len() as f64;
     let objective = |lp: &[f64], grad: &mut [f64]| -> f64 {
         let p = [lp[0].exp(), lp[1].exp(), lp[2].exp()];
-        let (mut total, mut acc, mut g) = (0.0, [0.0; 3], [0.0; 3]);
-        for &(x, m) in &rows {
-            total += ll_and_grad(p[0], p[1], p[2], x, m, &mut g);
-            for k in 0..3 {
-                acc[k] += g[k];
-            }
-        }
+        let (total, acc) = sum_ll_and_grad(&ParamTerms::new(p[0], p[1], p[2]), &rows);
         for k in 0..3 {
             grad[k] = -acc[k] * p[k] / n;
         }

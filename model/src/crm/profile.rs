@@ -5,6 +5,9 @@
 //! alive (see [`super::bgnbd`]), so their churn risk is 0 and their weakness shows in a low
 //! expected-purchases figure and a low recency score instead.
 
+use std::hash::Hash;
+
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{self, BgNbdFit, Rft};
@@ -162,12 +165,28 @@ impl<K: Ord> Profiles<K> {
             .ok()
             .map(|i| &self.customers[i].1)
     }
+
+    /// The same profiles under other keys; `f` must keep the keys' order (borrowed ids to
+    /// owned ones, say), as lookups binary-search them.
+    pub fn map_keys<L: Ord>(self, f: impl Fn(K) -> L) -> Profiles<L> {
+        let customers: Vec<(L, CustomerProfile)> =
+            self.customers.into_iter().map(|(k, p)| (f(k), p)).collect();
+        debug_assert!(customers.windows(2).all(|w| w[0].0 < w[1].0));
+        Profiles {
+            observation_end: self.observation_end,
+            config: self.config,
+            bgnbd: self.bgnbd,
+            gamma_gamma: self.gamma_gamma,
+            notes: self.notes,
+            customers,
+        }
+    }
 }
 
 /// Builds every customer's profile from their transactions up to `observation_end`.
 /// The models are optional: a shop with no repeat buyers still gets RFM and tiers, and
 /// `notes` says why P(alive) and CLV are missing.
-pub fn build_profiles<K: Ord + Clone>(
+pub fn build_profiles<K: Ord + Hash + Clone + Send + Sync>(
     transactions: &[Transaction<K>],
     observation_end: i64,
     config: &ProfileConfig,
@@ -230,8 +249,10 @@ pub fn build_profiles<K: Ord + Clone>(
         .collect();
     let spend: Vec<f64> = summaries.iter().map(|(_, s)| s.total_value).collect();
     let rfm = rfm_scores(&days_since, &freq, &spend);
+    // P(alive), expected purchases and CLV (a hypergeometric series per month of the
+    // horizon) per customer: independent, so on every core.
     let mut customers: Vec<(K, CustomerProfile)> = summaries
-        .into_iter()
+        .into_par_iter()
         .enumerate()
         .map(|(i, (k, s))| {
             let mut p = CustomerProfile {

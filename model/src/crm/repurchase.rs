@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 const DAY: i64 = 86_400;
@@ -66,44 +67,48 @@ pub fn intervals<C, K>(
     config: &RepurchaseConfig,
 ) -> HashMap<K, Interval>
 where
-    C: Hash + Eq,
-    K: Hash + Eq + Clone,
+    C: Ord + Copy + Send,
+    K: Ord + Hash + Copy + Send,
 {
-    let mut days: HashMap<(C, K), Vec<i64>> = HashMap::new();
-    for (c, k, at) in purchases {
-        days.entry((c, k)).or_default().push(at.div_euclid(DAY));
-    }
-    let mut gaps: HashMap<K, (Vec<f64>, u32)> = HashMap::new();
-    for ((_, k), mut d) in days {
-        d.sort_unstable();
-        d.dedup();
-        if d.len() < 2 {
+    // One sorted list of (key, customer, day) instead of a list per (customer, key): the
+    // retrain computes this over every purchase, tens of millions of them.
+    let mut rows: Vec<(K, C, i64)> = purchases
+        .into_iter()
+        .map(|(c, k, at)| (k, c, at.div_euclid(DAY)))
+        .collect();
+    rows.par_sort_unstable();
+    rows.dedup();
+    let mut out = HashMap::new();
+    for of_key in rows.chunk_by(|a, b| a.0 == b.0) {
+        let mut gaps: Vec<f64> = Vec::new();
+        let mut customers = 0u32;
+        for days in of_key.chunk_by(|a, b| a.1 == b.1) {
+            if days.len() < 2 {
+                continue;
+            }
+            gaps.extend(days.windows(2).map(|w| (w[1].2 - w[0].2) as f64));
+            customers += 1;
+        }
+        if (gaps.len() as u32) < config.min_gaps || customers < config.min_customers {
             continue;
         }
-        let e = gaps.entry(k).or_default();
-        e.0.extend(d.windows(2).map(|w| (w[1] - w[0]) as f64));
-        e.1 += 1;
+        gaps.sort_by(f64::total_cmp);
+        let n = gaps.len();
+        let median = if n % 2 == 1 {
+            gaps[n / 2]
+        } else {
+            (gaps[n / 2 - 1] + gaps[n / 2]) / 2.0
+        };
+        out.insert(
+            of_key[0].0,
+            Interval {
+                median_days: median,
+                gaps: n as u32,
+                customers,
+            },
+        );
     }
-    gaps.into_iter()
-        .filter(|(_, (g, c))| g.len() as u32 >= config.min_gaps && *c >= config.min_customers)
-        .map(|(k, (mut g, c))| {
-            g.sort_by(f64::total_cmp);
-            let n = g.len();
-            let median = if n % 2 == 1 {
-                g[n / 2]
-            } else {
-                (g[n / 2 - 1] + g[n / 2]) / 2.0
-            };
-            (
-                k,
-                Interval {
-                    median_days: median,
-                    gaps: n as u32,
-                    customers: c,
-                },
-            )
-        })
-        .collect()
+    out
 }
 
 /// Whether a customer whose last purchase of a key was at `last` is due at `now`.
