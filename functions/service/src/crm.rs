@@ -12,6 +12,7 @@
 //! model crate never depends on the store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use affinity_model::crm::offers::{
     CustomerView, DryRun, EngineConfig, EventKind, Intervals, Offer, OfferEngine, OfferRequest,
@@ -23,7 +24,7 @@ use affinity_model::crm::summary::Transaction;
 use affinity_model::model::{Model, Purchase as ModelPurchase};
 use affinity_store::{
     BlobKey, CustomerId, OfferEvent, OfferEventKind, OfferRecord, OfferStatus, Purchase,
-    RecordStore, Stores, TenantId,
+    PurchaseRow, RecordStore, Stores, TenantId,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -59,11 +60,6 @@ impl CrmSnapshot {
             .cloned()
             .unwrap_or_else(|| CustomerProfile::newcomer(&self.profiles.config))
     }
-}
-
-/// A purchase's amount in major currency units (minor units / 100).
-fn amount(p: &Purchase) -> f64 {
-    f64::from(p.quantity.get()) * p.unit_price_minor as f64 / 100.0
 }
 
 /// The store's offer record as an engine offer; a document that breaks a rule is an error
@@ -128,10 +124,30 @@ pub async fn compute_snapshot(
     profile_config: &ProfileConfig,
     engine_config: &EngineConfig,
 ) -> Result<CrmSnapshot> {
-    let scan = store
-        .scan_purchases(tenant, SCAN_SEGMENTS)
+    // The purchases as compact rows (interned customer and item numbers): a large shop's
+    // history held as store records was gigabytes.
+    let shared = Arc::new(Mutex::new(Compact::default()));
+    let sink = Arc::clone(&shared);
+    store
+        .stream_purchases(
+            tenant,
+            SCAN_SEGMENTS,
+            Box::new(move |r: PurchaseRow<'_>| {
+                // Uncontended: only the backend's reader thread takes it.
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(&r);
+            }),
+        )
         .await
         .step("scan purchases")?;
+    let compact = match Arc::try_unwrap(shared) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => {
+            return Err(Error::Task {
+                step: "scan purchases",
+                message: "the store kept the row sink after the scan".into(),
+            });
+        }
+    };
     // Offer statistics need the purchases of the customers each offer was shown to: the
     // events are read first so only those histories are kept.
     let offers = live_offers(store, tenant).await?;
@@ -150,7 +166,7 @@ pub async fn compute_snapshot(
     let work = || {
         insight_from_purchases(
             model,
-            &scan.purchases,
+            &compact,
             &offers,
             &offer_events,
             observation_end,
@@ -164,23 +180,72 @@ pub async fn compute_snapshot(
     }
 }
 
+/// A tenant's purchases reduced to what customer insight needs, ids interned.
+#[derive(Default)]
+struct Compact {
+    customers: Vec<String>,
+    customer_numbers: HashMap<String, u32>,
+    items: Vec<String>,
+    item_numbers: HashMap<String, u32>,
+    rows: Vec<CompactRow>,
+}
+
+/// One purchase line: customer and item numbers into [`Compact`]'s lists.
+struct CompactRow {
+    customer: u32,
+    item: u32,
+    quantity: u32,
+    at: i64,
+    amount: f64,
+}
+
+impl Compact {
+    fn number(names: &mut Vec<String>, numbers: &mut HashMap<String, u32>, id: &str) -> u32 {
+        if let Some(&n) = numbers.get(id) {
+            return n;
+        }
+        let n = names.len() as u32;
+        names.push(id.to_owned());
+        numbers.insert(id.to_owned(), n);
+        n
+    }
+
+    fn push(&mut self, r: &PurchaseRow<'_>) {
+        let customer = Self::number(
+            &mut self.customers,
+            &mut self.customer_numbers,
+            r.customer_id,
+        );
+        let item = Self::number(&mut self.items, &mut self.item_numbers, r.item_id);
+        self.rows.push(CompactRow {
+            customer,
+            item,
+            quantity: r.quantity,
+            at: r.purchased_at_ms.div_euclid(1000),
+            // Major currency units (the store keeps minor units).
+            amount: f64::from(r.quantity) * r.unit_price_minor as f64 / 100.0,
+        });
+    }
+}
+
 /// The CPU side of [`compute_snapshot`]: profiles, intervals and offer statistics from the
 /// scanned purchases and each live offer's events.
 fn insight_from_purchases(
     model: &Model,
-    purchases: &[Purchase],
+    compact: &Compact,
     offers: &[Offer],
     offer_events: &[Vec<OfferEvent>],
     observation_end: DateTime<Utc>,
     profile_config: &ProfileConfig,
     engine_config: &EngineConfig,
 ) -> Result<CrmSnapshot> {
-    let tx: Vec<Transaction<&str>> = purchases
+    let tx: Vec<Transaction<u32>> = compact
+        .rows
         .iter()
-        .map(|p| Transaction {
-            customer: p.customer_id.as_str(),
-            at: p.purchased_at.timestamp(),
-            amount: amount(p),
+        .map(|r| Transaction {
+            customer: r.customer,
+            at: r.at,
+            amount: r.amount,
         })
         .collect();
     let profiles = build_profiles(&tx, observation_end.timestamp(), profile_config)
@@ -193,43 +258,47 @@ fn insight_from_purchases(
             "profiles"
         );
     }
-    let shown: HashSet<&str> = offer_events
+    let profiles = profiles.with_keys(|c| compact.customers[c as usize].clone());
+    // Histories of the customers offers were shown to, for calibration.
+    let shown: HashSet<u32> = offer_events
         .iter()
         .flatten()
         .filter(|e| e.kind == OfferEventKind::Shown)
-        .map(|e| e.customer_id.as_str())
+        .filter_map(|e| {
+            compact
+                .customer_numbers
+                .get(e.customer_id.as_str())
+                .copied()
+        })
         .collect();
-    // Customer ids -> dense indices, for intervals; histories of the customers offers
-    // were shown to, for calibration.
-    let mut customer_index: HashMap<&str, u32> = HashMap::new();
-    let mut histories: HashMap<&str, Vec<ModelPurchase>> = HashMap::new();
-    let mut triples = Vec::with_capacity(purchases.len());
-    for p in purchases {
-        let Some(item) = model.item_index(p.item_id.as_str()) else {
+    let model_item: Vec<Option<u32>> = compact
+        .items
+        .iter()
+        .map(|id| model.item_index(id))
+        .collect();
+    let mut histories: HashMap<u32, Vec<ModelPurchase>> = HashMap::new();
+    let mut triples = Vec::with_capacity(compact.rows.len());
+    for r in &compact.rows {
+        let Some(item) = model_item[r.item as usize] else {
             continue;
         };
-        let next = customer_index.len() as u32;
-        let c = *customer_index.entry(p.customer_id.as_str()).or_insert(next);
-        let at = p.purchased_at.timestamp();
-        if shown.contains(p.customer_id.as_str()) {
+        if shown.contains(&r.customer) {
             histories
-                .entry(p.customer_id.as_str())
+                .entry(r.customer)
                 .or_default()
                 .push(ModelPurchase {
                     item,
-                    quantity: p.quantity.get() as f32,
-                    at,
+                    quantity: r.quantity as f32,
+                    at: r.at,
                 });
         }
-        triples.push((c, item, at));
+        triples.push((r.customer, item, r.at));
     }
-    drop(customer_index);
     let intervals = Intervals::compute(model, &triples, &engine_config.repurchase);
     drop(triples);
 
     // Offer statistics: contacts and acceptances, and the model's mean uncalibrated
     // propensity for the customers it was shown to (what calibration compares against).
-    let profiles = profiles.map_keys(str::to_owned);
     let mut offer_stats = BTreeMap::new();
     let engine = OfferEngine::new(
         model,
@@ -254,8 +323,10 @@ fn insight_from_purchases(
                         .get(&e.customer_id.as_str().to_owned())
                         .cloned()
                         .unwrap_or_else(|| CustomerProfile::newcomer(profile_config));
-                    let purchases = histories
+                    let purchases = compact
+                        .customer_numbers
                         .get(e.customer_id.as_str())
+                        .and_then(|c| histories.get(c))
                         .map_or(&[][..], Vec::as_slice);
                     let view = CustomerView {
                         profile: &profile,

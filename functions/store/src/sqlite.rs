@@ -514,12 +514,12 @@ impl PurchaseStore for SqliteStore {
     }
 }
 
-/// Streams `(customer, item, quantity, time)` of a tenant's purchases into `sink`.
+/// Streams `(customer, item, quantity, time, unit price)` of a tenant's purchases into `sink`.
 fn stream_rows(conn: &Connection, tenant: &str, sink: &mut PurchaseSink) -> Result<Watermark> {
     const OP: &str = "stream_purchases";
     let mut st = conn
         .prepare(
-            "SELECT customer_id, item_id, quantity, purchased_at_ms FROM purchases WHERE tenant = ?1",
+            "SELECT customer_id, item_id, quantity, purchased_at_ms, unit_price_minor FROM purchases WHERE tenant = ?1",
         )
         .map_err(sql_err(OP))?;
     let mut rows = st.query(params![tenant]).map_err(sql_err(OP))?;
@@ -532,11 +532,13 @@ fn stream_rows(conn: &Connection, tenant: &str, sink: &mut PurchaseSink) -> Resu
         let item_id = text(r.get_ref(1).map_err(sql_err(OP))?)?;
         let quantity: u32 = r.get(2).map_err(sql_err(OP))?;
         let purchased_at_ms: i64 = r.get(3).map_err(sql_err(OP))?;
+        let unit_price_minor: i64 = r.get(4).map_err(sql_err(OP))?;
         sink(PurchaseRow {
             customer_id,
             item_id,
             quantity,
             purchased_at_ms,
+            unit_price_minor,
         });
         count += 1;
         max_ms = Some(max_ms.map_or(purchased_at_ms, |m| m.max(purchased_at_ms)));

@@ -209,6 +209,8 @@ pub struct PurchaseRow<'a> {
     pub quantity: u32,
     /// When, in Unix milliseconds.
     pub purchased_at_ms: i64,
+    /// Price of one unit in minor currency units (spend and customer value need it).
+    pub unit_price_minor: i64,
 }
 
 impl<'a> PurchaseRow<'a> {
@@ -219,6 +221,7 @@ impl<'a> PurchaseRow<'a> {
             item_id: p.item_id.as_str(),
             quantity: p.quantity.get(),
             purchased_at_ms: to_millis(p.purchased_at),
+            unit_price_minor: p.unit_price_minor,
         }
     }
 }

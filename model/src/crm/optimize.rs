@@ -8,6 +8,8 @@
 //! derivative-free Nelder-Mead simplex (also argmin) walks closer and BFGS polishes from
 //! there. The result is accepted only if the gradient norm is small.
 
+use std::sync::Mutex;
+
 use argmin::core::{CostFunction, Error as ArgminError, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::neldermead::NelderMead;
@@ -40,14 +42,39 @@ const BOUNDARY_LOG: f64 = 10.0;
 
 struct Problem<'a> {
     f: &'a Objective<'a>,
+    /// The last point evaluated with its value and gradient: argmin asks for the cost and
+    /// the gradient of one point separately, and one evaluation gives both (over a million
+    /// customers, each evaluation is the expensive part).
+    last: Mutex<Option<(Vec<f64>, f64, Vec<f64>)>>,
+}
+
+impl<'a> Problem<'a> {
+    fn new(f: &'a Objective<'a>) -> Self {
+        Self {
+            f,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn evaluate(&self, x: &[f64]) -> (f64, Vec<f64>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((lx, v, g)) = last.as_ref()
+            && lx.as_slice() == x
+        {
+            return (*v, g.clone());
+        }
+        let mut g = vec![0.0; x.len()];
+        let v = (self.f)(x, &mut g);
+        *last = Some((x.to_vec(), v, g.clone()));
+        (v, g)
+    }
 }
 
 impl CostFunction for Problem<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, x: &Self::Param) -> Result<f64, ArgminError> {
-        let mut g = vec![0.0; x.len()];
-        let v = (self.f)(x, &mut g);
+        let (v, _) = self.evaluate(x);
         // A non-finite value is treated as "very bad" so line searches back off.
         Ok(if v.is_finite() { v } else { f64::MAX / 4.0 })
     }
@@ -57,8 +84,7 @@ impl Gradient for Problem<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, x: &Self::Param) -> Result<Vec<f64>, ArgminError> {
-        let mut g = vec![0.0; x.len()];
-        (self.f)(x, &mut g);
+        let (_, g) = self.evaluate(x);
         if g.iter().all(|v| v.is_finite()) {
             Ok(g)
         } else {
@@ -83,7 +109,7 @@ fn bfgs(f: &Objective<'_>, x0: &[f64], max_iters: u64) -> Option<(Vec<f64>, u64)
         .ok()?
         .with_tolerance_cost(0.0)
         .ok()?;
-    let res = Executor::new(Problem { f }, solver)
+    let res = Executor::new(Problem::new(f), solver)
         .configure(|s| {
             s.param(x0.to_vec())
                 .inv_hessian(identity)
@@ -104,7 +130,7 @@ fn nelder_mead(f: &Objective<'_>, x0: &[f64], max_iters: u64) -> Option<(Vec<f64
         simplex.push(v);
     }
     let solver = NelderMead::new(simplex).with_sd_tolerance(1e-12).ok()?;
-    let res = Executor::new(Problem { f }, solver)
+    let res = Executor::new(Problem::new(f), solver)
         .configure(|s| s.max_iters(max_iters))
         .run()
         .ok()?;

@@ -43,6 +43,16 @@ pub struct ProfileConfig {
     pub tiers: TierConfig,
     /// What tiers rank by.
     pub tier_basis: TierBasis,
+    /// Most customers the BG/NBD and Gamma-Gamma parameters are fitted on: a systematic
+    /// sample beyond it (four population parameters are pinned down long before a million
+    /// customers, while each optimiser step costs a pass over all of them); every
+    /// customer still gets their own prediction.
+    #[serde(default = "default_fit_sample")]
+    pub fit_sample: usize,
+}
+
+fn default_fit_sample() -> usize {
+    200_000
 }
 
 impl Default for ProfileConfig {
@@ -54,6 +64,7 @@ impl Default for ProfileConfig {
             monthly_discount: 0.01,
             tiers: TierConfig::default(),
             tier_basis: TierBasis::Spend,
+            fit_sample: default_fit_sample(),
         }
     }
 }
@@ -65,6 +76,12 @@ impl ProfileConfig {
             return bad(
                 "horizon_days",
                 format!("{} must be positive", self.horizon_days),
+            );
+        }
+        if self.fit_sample < 1_000 {
+            return bad(
+                "fit_sample",
+                format!("{} must be at least 1000 customers", self.fit_sample),
             );
         }
         if !(self.monthly_discount.is_finite() && self.monthly_discount > -1.0) {
@@ -166,12 +183,12 @@ impl<K: Ord> Profiles<K> {
             .map(|i| &self.customers[i].1)
     }
 
-    /// The same profiles under other keys; `f` must keep the keys' order (borrowed ids to
-    /// owned ones, say), as lookups binary-search them.
-    pub fn map_keys<L: Ord>(self, f: impl Fn(K) -> L) -> Profiles<L> {
-        let customers: Vec<(L, CustomerProfile)> =
+    /// The same profiles under other keys (dense numbers to customer ids, say), re-sorted
+    /// for lookups.
+    pub fn with_keys<L: Ord + Send>(self, f: impl Fn(K) -> L) -> Profiles<L> {
+        let mut customers: Vec<(L, CustomerProfile)> =
             self.customers.into_iter().map(|(k, p)| (f(k), p)).collect();
-        debug_assert!(customers.windows(2).all(|w| w[0].0 < w[1].0));
+        customers.par_sort_by(|a, b| a.0.cmp(&b.0));
         Profiles {
             observation_end: self.observation_end,
             config: self.config,
@@ -199,15 +216,24 @@ pub fn build_profiles<K: Ord + Hash + Clone + Send + Sync>(
     };
     let summaries: Vec<(K, CustomerSummary)> = summarize(transactions, &opts)?;
     let end = config.unit.period_start(observation_end);
-    let rfts: Vec<Rft> = summaries
-        .iter()
-        .map(|(_, s)| Rft {
+    // Every `stride`-th customer in key order: the same sample on every run of the same data.
+    let stride = summaries.len().div_ceil(config.fit_sample).max(1);
+    let sample = || summaries.iter().step_by(stride).map(|(_, s)| s);
+    let rfts: Vec<Rft> = sample()
+        .map(|s| Rft {
             frequency: s.frequency,
             recency: s.recency,
             t: s.t,
         })
         .collect();
     let mut notes = Vec::new();
+    if stride > 1 {
+        notes.push(format!(
+            "BG/NBD and Gamma-Gamma fitted on a systematic sample of {} of {} customers",
+            rfts.len(),
+            summaries.len()
+        ));
+    }
     let bg = match bgnbd::fit(&rfts) {
         Ok(f) => Some(f),
         Err(e) => {
@@ -215,10 +241,7 @@ pub fn build_profiles<K: Ord + Hash + Clone + Send + Sync>(
             None
         }
     };
-    let pairs: Vec<(u32, f64)> = summaries
-        .iter()
-        .map(|(_, s)| (s.frequency, s.monetary_value))
-        .collect();
+    let pairs: Vec<(u32, f64)> = sample().map(|s| (s.frequency, s.monetary_value)).collect();
     let gg = match gamma_gamma::fit(&pairs) {
         Ok(f) if f.params.q > 1.0 => Some(f),
         Ok(f) => {
@@ -396,5 +419,56 @@ mod tests {
                 .iter()
                 .all(|(_, c)| c.p_alive.is_none() && !c.tier.is_empty())
         );
+    }
+
+    #[test]
+    fn a_large_shop_is_fitted_on_a_systematic_sample_and_every_customer_is_scored() {
+        // Three seeded shops side by side: 1,200 customers.
+        let tx: Vec<Transaction<u32>> = (0..3u32)
+            .flat_map(|i| {
+                shop(10 + u64::from(i))
+                    .into_iter()
+                    .map(move |t| Transaction {
+                        customer: t.customer + 400 * i,
+                        ..t
+                    })
+            })
+            .collect();
+        let config = ProfileConfig {
+            fit_sample: 1_000,
+            ..ProfileConfig::default()
+        };
+        let p = build_profiles(&tx, 365 * DAY, &config).unwrap();
+        assert_eq!(p.customers.len(), 1_200);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("a systematic sample of 600 of 1200 customers"))
+        );
+        // The fit is the one of exactly that sample.
+        let summaries = summarize(
+            &tx,
+            &SummaryOptions {
+                unit: config.unit,
+                multiplier: 1.0,
+                observation_end: 365 * DAY,
+            },
+        )
+        .unwrap();
+        let sample: Vec<Rft> = summaries
+            .iter()
+            .step_by(2)
+            .map(|(_, s)| Rft {
+                frequency: s.frequency,
+                recency: s.recency,
+                t: s.t,
+            })
+            .collect();
+        assert_eq!(p.bgnbd.unwrap().params, bgnbd::fit(&sample).unwrap().params);
+        assert!(p.customers.iter().all(|(_, c)| c.p_alive.is_some()));
+        // Below the cap, nothing is sampled.
+        let whole = build_profiles(&tx, 365 * DAY, &ProfileConfig::default()).unwrap();
+        assert!(whole.notes.iter().all(|n| !n.contains("systematic sample")));
+        assert_eq!(whole.bgnbd.unwrap().customers, 1_200);
     }
 }
