@@ -398,11 +398,12 @@ async fn show_model(
     Ok(Json(view.into()))
 }
 
-/// The model report of a version: one self-contained HTML page (inline CSS and SVG plots,
-/// no script, nothing loaded from the network) with the version's parameters, data and
-/// gate decision, the metric history across versions, recall@k against popularity, the
-/// value-tier distribution and offer response by tier. `affinity report` writes the same
-/// page to a file.
+/// A version's model report, as one self-contained HTML page.
+///
+/// Inline CSS and SVG plots, no script, nothing loaded from the network: the version's
+/// parameters, data and gate decision, the metric history across versions, recall@k
+/// against popularity, the value-tier distribution and offer response by tier.
+/// `affinity report` writes the same page to a file.
 #[utoipa::path(
     get,
     path = "/v1/models/{version}/report",
