@@ -734,6 +734,16 @@ impl Model {
     /// Offline metrics of this model on a split, scoring each held-out customer by
     /// fold-in of their training purchases (exactly what serving does).
     pub fn evaluate(&self, split: &Split, k: usize) -> Metrics {
+        self.evaluate_at(split, &[k]).pop().unwrap_or_default()
+    }
+
+    /// [`Model::evaluate`] at several cut-offs (one [`Metrics`] per entry of `ks`, in order)
+    /// for the price of one ranking at the largest: ties break by item index, so the top
+    /// `k` of a longer list is exactly the top-`k` list.
+    pub fn evaluate_at(&self, split: &Split, ks: &[usize]) -> Vec<Metrics> {
+        let Some(&k) = ks.iter().max() else {
+            return Vec::new();
+        };
         let d = self.factors();
         let cands = eval::trained_items(&split.train);
         // Items the model never saw cannot be scored; they are not candidates.
@@ -778,12 +788,24 @@ impl Model {
                 }
             }
         });
-        eval::metrics(&recs, &split.test, k, cands.iter().filter(|&&c| c).count())
+        let n_cands = cands.iter().filter(|&&c| c).count();
+        ks.iter()
+            .map(|&k| eval::metrics(&recs, &split.test, k, n_cands))
+            .collect()
     }
 }
 
 /// Popularity baseline on the same split: what a model must beat to be worth serving.
 pub fn popularity_metrics(split: &Split, k: usize) -> Metrics {
+    popularity_metrics_at(split, &[k]).pop().unwrap_or_default()
+}
+
+/// [`popularity_metrics`] at several cut-offs from one ranking at the largest (see
+/// [`Model::evaluate_at`]).
+pub fn popularity_metrics_at(split: &Split, ks: &[usize]) -> Vec<Metrics> {
+    let Some(&k) = ks.iter().max() else {
+        return Vec::new();
+    };
     let cands = eval::trained_items(&split.train);
     let n = split.train.n_items();
     let pop: Vec<f32> = (0..n)
@@ -794,7 +816,10 @@ pub fn popularity_metrics(split: &Split, k: usize) -> Metrics {
             out[r * n..(r + 1) * n].copy_from_slice(&pop);
         }
     });
-    eval::metrics(&recs, &split.test, k, cands.iter().filter(|&&c| c).count())
+    let n_cands = cands.iter().filter(|&&c| c).count();
+    ks.iter()
+        .map(|&k| eval::metrics(&recs, &split.test, k, n_cands))
+        .collect()
 }
 
 #[cfg(test)]
@@ -940,6 +965,24 @@ mod tests {
             "model {mine:?} vs popularity {pop:?}"
         );
         assert!(mine.ndcg > pop.ndcg);
+    }
+
+    #[test]
+    fn metrics_at_several_cutoffs_equal_one_ranking_per_cutoff() {
+        let (data, cats) = shop(500, 6, 20, 5);
+        let split = eval::split(&data, Holdout::Latest { fraction: 0.2 });
+        let m = train(&split.train, &cats, &small_config(), "v", 0, &|_| {}).unwrap();
+        let ks = [1, 5, 10, 20, 50];
+        let curve = m.evaluate_at(&split, &ks);
+        let pop = popularity_metrics_at(&split, &ks);
+        assert_eq!(curve.len(), ks.len());
+        for (i, &k) in ks.iter().enumerate() {
+            assert_eq!(curve[i], m.evaluate(&split, k), "model at k={k}");
+            assert_eq!(pop[i], popularity_metrics(&split, k), "popularity at k={k}");
+        }
+        assert!(curve.windows(2).all(|w| w[0].recall <= w[1].recall));
+        assert!(curve[4].recall > curve[0].recall);
+        assert!(m.evaluate_at(&split, &[]).is_empty());
     }
 
     #[test]

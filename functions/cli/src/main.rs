@@ -1,6 +1,6 @@
 //! `affinity`: try the engine on a demo shop, import your own CSVs, retrain through the
-//! promotion gate, inspect model versions, promote and roll back, score your own split,
-//! serve the HTTP API, manage API keys.
+//! promotion gate, inspect model versions, promote and roll back, write a model report,
+//! score your own split, serve the HTTP API, manage API keys.
 
 mod eval;
 mod insight;
@@ -133,6 +133,16 @@ enum Cmd {
     Models {
         #[command(subcommand)]
         cmd: ModelsCmd,
+    },
+    /// Write a model version's report: one self-contained HTML page with plots (metric
+    /// history, recall@k against popularity, value tiers, offer response by tier).
+    Report {
+        /// Version id (default: the live one).
+        #[arg(long)]
+        version: Option<String>,
+        /// Where to write the page (default: report-<version>.html).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Retrain jobs.
     Jobs {
@@ -403,6 +413,47 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Eval(_) => unreachable!("handled before the store is opened"),
         Cmd::Models { cmd } => models(&stores, &tenant, cmd, cli.json).await?,
+        Cmd::Report { version, out } => {
+            let version = version
+                .map(ModelVersionId::parse)
+                .transpose()
+                .context("--version")?;
+            let report = affinity_service::report::build(&stores, &tenant, version.as_ref())
+                .await
+                .context("make the report")?;
+            // Version ids may hold any printable character; the default name keeps a safe subset.
+            let path = out.unwrap_or_else(|| {
+                let safe: String = report
+                    .version
+                    .as_str()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                PathBuf::from(format!("report-{safe}.html"))
+            });
+            std::fs::write(&path, &report.html)
+                .with_context(|| format!("write {}", path.display()))?;
+            if cli.json {
+                let out = serde_json::json!({
+                    "path": path.display().to_string(),
+                    "version": report.version.to_string(),
+                });
+                println!("{out}");
+            } else {
+                println!(
+                    "wrote the report on {} to {} ({} KiB); open it in a browser",
+                    report.version,
+                    path.display(),
+                    report.html.len().div_ceil(1024)
+                );
+            }
+        }
         Cmd::Jobs {
             cmd: JobsCmd::Show { job_id },
         } => {

@@ -100,3 +100,61 @@ fn eval_names_file_line_and_field_of_a_bad_row() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.csv"));
 }
+
+#[test]
+fn report_writes_a_self_contained_page_for_the_live_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_affinity"))
+            .args(args)
+            .env("AFFINITY_BACKEND", "embedded")
+            .env("AFFINITY_DATA_DIR", &data)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    // Before any model: a clear error, exit code 1.
+    let out = run(&["report"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no live model"));
+
+    let out = run(&["demo", "--customers", "300", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["report", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = v["version"].as_str().unwrap();
+    let path = v["path"].as_str().unwrap();
+    assert_eq!(path, format!("report-{version}.html"));
+    let html = std::fs::read_to_string(dir.path().join(path)).unwrap();
+    assert!(html.contains(&format!("<h1>Model report {version}</h1>")));
+    assert_eq!(
+        html.matches("<svg").count(),
+        4,
+        "no offer events yet: four plots"
+    );
+    assert!(html.contains("No offer events recorded yet"));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+
+    let out = run(&["report", "--version", version, "--out", "r.html"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("r.html"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("r.html"))
+            .unwrap()
+            .len(),
+        html.len()
+    );
+    let out = run(&["report", "--version", "v-missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found: v-missing"));
+}

@@ -28,6 +28,7 @@ pub mod error;
 pub mod extract;
 pub mod host;
 pub mod loader;
+pub mod report;
 pub mod retrain;
 pub mod routes;
 pub mod settings;

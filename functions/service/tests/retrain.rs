@@ -369,6 +369,19 @@ async fn ingest_retrain_recommendations_change_and_rollback_restores(h: &Harness
     assert!((m.evaluation.popularity.ndcg - second.evaluation.popularity.ndcg).abs() < 1e-12);
     assert_eq!(m.gate.verdict, Verdict::Promoted);
     assert!(m.evaluation.candidate.recall > 0.0 && m.evaluation.candidate.ndcg > 0.0);
+    // The recorded recall@k curve agrees with the gate's figures at the gate's k.
+    let curve = m.curve.as_ref().expect("a recall@k curve is recorded");
+    let ks: Vec<usize> = curve.points.iter().map(|p| p.k).collect();
+    assert_eq!(ks, retrain::CURVE_KS.to_vec());
+    let at10 = curve.points.iter().find(|p| p.k == m.evaluation.k).unwrap();
+    assert!((at10.candidate - m.evaluation.candidate.recall).abs() < 1e-12);
+    assert!((at10.popularity - m.evaluation.popularity.recall).abs() < 1e-12);
+    assert!(
+        curve
+            .points
+            .windows(2)
+            .all(|w| w[0].candidate <= w[1].candidate)
+    );
     assert_eq!(
         registry.versions[0].entry.data_counts.purchases,
         second.counts.purchases

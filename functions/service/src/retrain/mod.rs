@@ -548,6 +548,61 @@ pub struct VersionMetrics {
     pub evaluation: Evaluation,
     /// The gate's decision.
     pub gate: GateDecision,
+    /// Recall of candidate and popularity at several cut-offs on the same holdout (the
+    /// report's curve). Absent from entries registered before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<RecallCurve>,
+}
+
+/// Cut-offs of the recorded recall@k curve.
+pub const CURVE_KS: [usize; 5] = [1, 5, 10, 20, 50];
+
+/// Recall@k of the candidate against popularity for a few k, on the gate's holdout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecallCurve {
+    /// One point per cut-off, ascending k.
+    pub points: Vec<CurvePoint>,
+}
+
+/// One cut-off of a [`RecallCurve`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Cut-off.
+    pub k: usize,
+    /// The candidate's recall@k.
+    pub candidate: f64,
+    /// Popularity's recall@k.
+    pub popularity: f64,
+}
+
+/// The cut-offs to rank at: the curve's and the gate's `k`, ascending, once each.
+fn evaluation_ks(k: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> = CURVE_KS.iter().copied().chain([k]).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    ks
+}
+
+/// Metrics at `k` out of metrics computed at `ks` (the gate's `k` is always among them).
+fn at_k(ks: &[usize], metrics: &[Metrics], k: usize) -> Metrics {
+    ks.iter()
+        .position(|&x| x == k)
+        .and_then(|i| metrics.get(i).cloned())
+        .unwrap_or_default()
+}
+
+/// The curve's points out of metrics computed at `ks`.
+fn recall_curve(ks: &[usize], candidate: &[Metrics], popularity: &[Metrics]) -> RecallCurve {
+    RecallCurve {
+        points: CURVE_KS
+            .iter()
+            .map(|&k| CurvePoint {
+                k,
+                candidate: at_k(ks, candidate, k).recall,
+                popularity: at_k(ks, popularity, k).recall,
+            })
+            .collect(),
+    }
 }
 
 impl VersionMetrics {
@@ -925,26 +980,31 @@ async fn locked(
     clock.enter(Step::Evaluate);
     deps.faults.check(Step::Evaluate)?;
     lease.check("evaluate")?;
-    let evaluation = {
+    let (evaluation, curve) = {
         let k = holdout.k;
         let live_pointer = pointer.as_ref().map(|p| p.version.to_string());
         blocking("evaluate", move || {
-            let c = candidate.evaluate(&split, k);
-            let popularity = model::popularity_metrics(&split, k);
+            // One ranking per scorer at the largest cut-off gives the gate's k and the curve.
+            let ks = evaluation_ks(k);
+            let cs = candidate.evaluate_at(&split, &ks);
+            let ps = model::popularity_metrics_at(&split, &ks);
+            let curve = recall_curve(&ks, &cs, &ps);
+            let c = at_k(&ks, &cs, k);
             let live = live.map(|(version, m)| LiveEvaluation {
                 version,
                 metrics: m.evaluate(&split, k),
             });
-            Ok(Evaluation {
+            let evaluation = Evaluation {
                 k,
                 holdout: cut,
                 customers: c.customers,
                 candidate: c,
-                popularity,
+                popularity: at_k(&ks, &ps, k),
                 live,
                 live_pointer,
                 live_note,
-            })
+            };
+            Ok((evaluation, curve))
         })
         .await?
     };
@@ -1018,6 +1078,7 @@ async fn locked(
     let metrics = VersionMetrics {
         evaluation,
         gate: decision,
+        curve: Some(curve),
     };
     let entry = ModelVersion {
         version: version.clone(),
@@ -1413,6 +1474,69 @@ fn owner_for(job_id: &JobId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_curve_and_the_gate_share_one_set_of_cutoffs() {
+        assert_eq!(evaluation_ks(10), vec![1, 5, 10, 20, 50]);
+        assert_eq!(evaluation_ks(15), vec![1, 5, 10, 15, 20, 50]);
+        let ks = evaluation_ks(15);
+        let m = |r: f64| Metrics {
+            recall: r,
+            ..Metrics::default()
+        };
+        let cand: Vec<Metrics> = ks.iter().map(|&k| m(k as f64 / 100.0)).collect();
+        let pop: Vec<Metrics> = ks.iter().map(|&k| m(k as f64 / 1000.0)).collect();
+        assert_eq!(at_k(&ks, &cand, 15).recall, 0.15);
+        let curve = recall_curve(&ks, &cand, &pop);
+        let got: Vec<(usize, f64, f64)> = curve
+            .points
+            .iter()
+            .map(|p| (p.k, p.candidate, p.popularity))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 0.01, 0.001),
+                (5, 0.05, 0.005),
+                (10, 0.1, 0.01),
+                (20, 0.2, 0.02),
+                (50, 0.5, 0.05)
+            ]
+        );
+    }
+
+    #[test]
+    fn metrics_registered_before_the_curve_still_read() {
+        let m = |r: f64| Metrics {
+            k: 10,
+            recall: r,
+            ..Metrics::default()
+        };
+        let with = VersionMetrics {
+            evaluation: Evaluation {
+                k: 10,
+                holdout: Holdout::Latest { fraction: 0.2 },
+                customers: 3,
+                candidate: m(0.3),
+                popularity: m(0.1),
+                live: None,
+                live_pointer: None,
+                live_note: None,
+            },
+            gate: GateDecision {
+                verdict: Verdict::Promoted,
+                reason: "beats popularity".into(),
+                tolerance: 0.02,
+                forced: false,
+            },
+            curve: None,
+        };
+        let mut json = serde_json::to_value(&with).unwrap();
+        assert!(json.get("curve").is_none());
+        json.as_object_mut().unwrap().remove("curve");
+        let back: VersionMetrics = serde_json::from_value(json).unwrap();
+        assert_eq!(back, with);
+    }
 
     #[test]
     fn version_ids_follow_the_job() {

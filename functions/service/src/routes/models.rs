@@ -2,8 +2,9 @@
 //! requests, when it was trained, up to which purchase, and its offline metrics. With the
 //! `models-admin` scope: `POST /v1/models:retrain` (on Lambda it invokes the retrain
 //! function asynchronously, elsewhere it runs in the background), `GET /v1/models`,
-//! `GET /v1/models/{version}`, `POST /v1/models/{version}/promote`,
-//! `POST /v1/models:rollback` and `GET /v1/jobs/{job_id}`.
+//! `GET /v1/models/{version}`, `GET /v1/models/{version}/report` (the HTML model report,
+//! see [`crate::report`]), `POST /v1/models/{version}/promote`, `POST /v1/models:rollback`
+//! and `GET /v1/jobs/{job_id}`.
 //!
 //! Why `/{version}/promote` and not Google-style `/{version}:promote`: axum 0.8's router
 //! (matchit 0.8.4) needs a parameter to end its segment, so a literal suffix after
@@ -42,6 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(retrain))
         .routes(routes!(list_models))
         .routes(routes!(show_model))
+        .routes(routes!(model_report))
         .routes(routes!(promote_model))
         .routes(routes!(rollback_model))
         .routes(routes!(job_status))
@@ -394,6 +396,40 @@ async fn show_model(
     let version = version_id(raw)?;
     let view = versions::show(&state.stores, &caller.tenant, &version).await?;
     Ok(Json(view.into()))
+}
+
+/// A version's model report, as one self-contained HTML page.
+///
+/// Inline CSS and SVG plots, no script, nothing loaded from the network: the version's
+/// parameters, data and gate decision, the metric history across versions, recall@k
+/// against popularity, the value-tier distribution and offer response by tier.
+/// `affinity report` writes the same page to a file.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{version}/report",
+    tag = "models",
+    params(("version" = String, Path, description = "Model version id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The report page", content_type = "text/html; charset=utf-8", body = String),
+        (status = 400, description = "Invalid version id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody)
+    )
+)]
+async fn model_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::ModelsAdmin)?;
+    let version = version_id(raw)?;
+    let report = crate::report::build(&state.stores, &caller.tenant, Some(&version)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        report.html,
+    ))
 }
 
 /// `POST /v1/models/{version}/promote` (no body means `force: false`).

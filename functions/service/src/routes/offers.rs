@@ -396,7 +396,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn add(&mut self, kind: OfferEventKind) {
+    pub(crate) fn add(&mut self, kind: OfferEventKind) {
         match kind {
             OfferEventKind::Shown => self.shown += 1,
             OfferEventKind::Accepted => self.accepted += 1,
@@ -404,6 +404,23 @@ impl Response {
         }
         self.acceptance_rate = (self.shown > 0).then(|| self.accepted as f64 / self.shown as f64);
     }
+}
+
+/// Response counts of `events`, overall and by each customer's tier in `snapshot` (a
+/// customer the snapshot does not know counts in the newcomers' tier): the figures of the
+/// offer report, and of the model report's offer response plot.
+pub fn response_by_tier(
+    events: &[OfferEvent],
+    snapshot: &crm::CrmSnapshot,
+) -> (Response, BTreeMap<String, Response>) {
+    let mut total = Response::default();
+    let mut by_tier: BTreeMap<String, Response> = BTreeMap::new();
+    for e in events {
+        total.add(e.kind);
+        let tier = snapshot.profile(e.customer_id.as_str()).tier;
+        by_tier.entry(tier).or_default().add(e.kind);
+    }
+    (total, by_tier)
 }
 
 /// How an offer has done, overall and by the customers' current tier.
@@ -448,13 +465,7 @@ async fn offer_report(
         .records
         .events_by_offer(&caller.tenant, &record.offer_id, None, usize::MAX >> 1)
         .await?;
-    let mut total = Response::default();
-    let mut by_tier: BTreeMap<String, Response> = BTreeMap::new();
-    for e in &events {
-        total.add(e.kind);
-        let tier = snapshot.profile(e.customer_id.as_str()).tier;
-        by_tier.entry(tier).or_default().add(e.kind);
-    }
+    let (total, by_tier) = response_by_tier(&events, &snapshot);
     Ok(Json(OfferReport {
         offer_id: record.offer_id.as_str().to_owned(),
         model_version: serving.version.version.as_str().to_owned(),

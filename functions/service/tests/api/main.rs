@@ -10,4 +10,5 @@ mod loader;
 mod models;
 mod offers;
 mod openapi;
+mod report;
 mod routes;
