@@ -377,7 +377,7 @@ async fn run(cli: Cli) -> Result<()> {
             print_outcome(&outcome, cli.json)?;
         }
         Cmd::Serve { addr, demo } => serve::run(stores, &tenant, addr, demo).await?,
-        Cmd::Recommend(args) => recommend::run(&stores, &tenant, args).await?,
+        Cmd::Recommend(args) => recommend::run(&stores, &tenant, args, cli.json).await?,
         Cmd::Keys { cmd } => match cmd {
             KeysCmd::Create { scopes, label } => {
                 keys::create(&stores, &tenant, &scopes, label, cli.json).await?

@@ -34,8 +34,8 @@ pub struct RecommendArgs {
     /// Items per customer (1..=100).
     #[arg(long, default_value_t = DEFAULT_K, value_parser = parse_k)]
     k: usize,
-    /// csv: customer_id, rank, item_id, score, reason (in words), fallback; jsonl: one API
-    /// answer per customer, with `customer_id`.
+    /// csv: customer_id, rank, item_id, score, reason (in words), fallback; jsonl (also
+    /// with --json): one API answer per customer, with `customer_id`.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     format: Format,
     /// Write to this file instead of stdout.
@@ -70,8 +70,13 @@ struct Line<'a> {
     answer: &'a Recommendations,
 }
 
-/// Runs the command.
-pub async fn run(stores: &Stores, tenant: &TenantId, args: RecommendArgs) -> Result<()> {
+/// Runs the command; the global `--json` means `--format jsonl`.
+pub async fn run(
+    stores: &Stores,
+    tenant: &TenantId,
+    args: RecommendArgs,
+    json: bool,
+) -> Result<()> {
     let mut customers = match &args.customers {
         Some(path) => read_customers(path)?,
         None => Vec::new(),
@@ -87,7 +92,6 @@ pub async fn run(stores: &Stores, tenant: &TenantId, args: RecommendArgs) -> Res
         None => ModelCache::new(stores.clone(), Duration::from_secs(3600))
             .get(tenant)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
             .context("load the live model (train one with `affinity train`, or pass --model)")?,
     };
     let history = Settings::from_env()
@@ -106,7 +110,8 @@ pub async fn run(stores: &Stores, tenant: &TenantId, args: RecommendArgs) -> Res
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let mut out = Output::new(args.format, sink)?;
+    let format = if json { Format::Jsonl } else { args.format };
+    let mut out = Output::new(format, sink)?;
     let bar = crate::bar(Some(customers.len() as u64), "customers");
     bar.set_message("recommending");
     for customer in &customers {
@@ -120,7 +125,6 @@ pub async fn run(stores: &Stores, tenant: &TenantId, args: RecommendArgs) -> Res
                 history,
             )
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("recommend for {customer}"))?;
         out.write(customer.as_str(), &answer)?;
         bar.inc(1);
