@@ -250,10 +250,40 @@ fn recommend_writes_the_api_answers_as_csv_and_json_lines() {
         .map(|i| i["item_id"].as_str().unwrap())
         .collect();
     assert_eq!(csv_items, json_items);
-    // Fold-in of the current history: what cust-00000 bought is left out, and the
-    // reasons point at those purchases.
     for item in lines[0]["items"].as_array().unwrap() {
         assert_eq!(item["reason"]["kind"], "for_you", "{item}");
+    }
+
+    // Fold-in of the history as it is now: a purchase imported after training makes the
+    // stranger's answer personal at once, and the bought item is left out.
+    let bought = d.join("bought.csv");
+    std::fs::write(
+        &bought,
+        "order_id,line,customer_id,item_id,unit_price_minor,purchased_at\n\
+         web-1,1,nobody-yet,sku-0000,1200,2024-05-01T10:00:00Z\n",
+    )
+    .unwrap();
+    ok(&affinity_in(
+        d,
+        &["import", "purchases", bought.to_str().unwrap()],
+    ));
+    let after = ok(&affinity_in(
+        d,
+        &[
+            "recommend",
+            "--customer",
+            "nobody-yet",
+            "--k",
+            "4",
+            "--json",
+        ],
+    ));
+    let after: serde_json::Value = serde_json::from_str(after.trim()).unwrap();
+    assert_eq!(after["personalized"], true, "{after}");
+    assert!(after.get("fallback").is_none(), "{after}");
+    for item in after["items"].as_array().unwrap() {
+        assert_ne!(item["item_id"], "sku-0000", "already bought: {after}");
+        assert_eq!(item["reason"]["because_of"], "sku-0000", "{after}");
     }
 
     // The same model read from its artifact file gives the same ranking.
