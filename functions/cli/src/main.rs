@@ -5,6 +5,7 @@
 mod eval;
 mod insight;
 mod keys;
+mod recommend;
 mod serve;
 
 use std::path::PathBuf;
@@ -149,6 +150,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: JobsCmd,
     },
+    /// Recommendations for a list of customers from the live model (or an artifact file),
+    /// exactly as the API answers them, to CSV or JSON lines.
+    Recommend(recommend::RecommendArgs),
     /// Serve the HTTP API on this machine.
     Serve {
         /// Address to listen on (default AFFINITY_ADDR or 127.0.0.1:8080).
@@ -383,6 +387,7 @@ async fn run(cli: Cli) -> Result<()> {
             print_outcome(&outcome, cli.json)?;
         }
         Cmd::Serve { addr, demo } => serve::run(stores, &tenant, addr, demo).await?,
+        Cmd::Recommend(args) => recommend::run(&stores, &tenant, args, cli.json).await?,
         Cmd::Keys { cmd } => match cmd {
             KeysCmd::Create { scopes, label } => {
                 keys::create(&stores, &tenant, &scopes, label, cli.json).await?

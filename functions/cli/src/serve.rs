@@ -21,7 +21,7 @@ pub async fn run(
         settings.addr = a;
     }
     if with_demo {
-        let shop = populate(&stores, tenant).await?;
+        populate(&stores, tenant).await?;
         let outcome = crate::retrain_now(
             &stores,
             affinity_service::retrain::RetrainRequest::new(tenant.clone()),
@@ -51,7 +51,7 @@ pub async fn run(
             .create_key(&key.record)
             .await
             .context("store the development key")?;
-        print_examples(&settings.addr, &key.secret, &shop, live.as_str());
+        print_examples(&settings.addr, &key.secret, live.as_str());
     }
     telemetry::init(&settings);
     let state = AppState::new(stores, &settings);
@@ -66,7 +66,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn populate(stores: &Stores, tenant: &TenantId) -> Result<demo::DemoShop> {
+async fn populate(stores: &Stores, tenant: &TenantId) -> Result<()> {
     let spin = crate::bar(None, "");
     spin.set_message("writing the demo shop");
     let shop = demo::populate(
@@ -82,71 +82,56 @@ async fn populate(stores: &Stores, tenant: &TenantId) -> Result<demo::DemoShop> 
         "demo shop: {} items, {} customers, {} purchase lines",
         shop.items, shop.customers, shop.purchases
     );
-    Ok(shop)
+    Ok(())
 }
 
-fn print_examples(addr: &SocketAddr, key: &str, shop: &demo::DemoShop, version: &str) {
+/// The README, whose tour block is the one list of example requests: `serve --demo` prints
+/// it and CI runs it against the demo server, so neither can drift from the other.
+const README: &str = include_str!("../../../README.md");
+
+/// The lines of the README's tour block (between `<!-- tour:begin` and `<!-- tour:end -->`,
+/// inside its ```` ```sh ```` fence): `#` comments and one-line curl commands using `$KEY`
+/// and `$AFFINITY`.
+pub fn tour(readme: &str) -> Option<Vec<&str>> {
+    let (_, after) = readme.split_once("<!-- tour:begin")?;
+    let (block, _) = after.split_once("<!-- tour:end -->")?;
+    let (_, fenced) = block.split_once("```sh\n")?;
+    let (body, _) = fenced.split_once("```")?;
+    Some(body.lines().filter(|l| !l.trim().is_empty()).collect())
+}
+
+fn print_examples(addr: &SocketAddr, key: &str, version: &str) {
     let base = format!("http://{addr}");
-    let auth = format!("-H 'Authorization: Bearer {key}'");
     println!("\nmodel {version} is live. Development key (all scopes, shown once):\n\n  {key}\n");
-    println!("Try:");
-    println!("  # customers who bought this coffee also bought (in stock only, with reasons)");
-    println!(
-        "  curl -s {auth} '{base}/v1/items/{}/similar?k=5'",
-        shop.example_item
-    );
-    println!("  # the same, only mugs");
-    println!(
-        "  curl -s {auth} '{base}/v1/items/{}/similar?k=3&category=Mugs'",
-        shop.example_item
-    );
-    println!("  # a basket: coffee + brewing gear");
-    println!(
-        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"items\":[\"{}\",\"{}\"],\"k\":5}}' '{base}/v1/baskets/similar'",
-        shop.example_basket[0], shop.example_basket[1]
-    );
-    println!("  # recommended for a steady customer (already-bought items left out)");
-    println!(
-        "  curl -s {auth} '{base}/v1/customers/{}/recommendations?k=5'",
-        shop.example_customer
-    );
-    println!("  # a valuable customer who stopped buying");
-    println!(
-        "  curl -s {auth} '{base}/v1/customers/{}/recommendations?k=5'",
-        shop.lapsed_customer
-    );
-    println!(
-        "  # ...their profile (gold tier, high churn risk, CLV) and next best offers: a win-back"
-    );
-    println!(
-        "  curl -s {auth} '{base}/v1/customers/{}/profile'",
-        shop.lapsed_customer
-    );
-    println!(
-        "  curl -s {auth} '{base}/v1/customers/{}/offers?channel=email&limit=3'",
-        shop.lapsed_customer
-    );
-    println!("  # next best offers for an email send, and who should hear about this coffee");
-    println!(
-        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"customer_ids\":[\"{}\",\"{}\"],\"channel\":\"email\"}}' '{base}/v1/offers/batch'",
-        shop.example_customer, shop.lapsed_customer
-    );
-    println!(
-        "  curl -s {auth} '{base}/v1/items/{}/audience?limit=10'",
-        shop.example_item
-    );
-    println!("  # how many customers an offer would reach before it goes live, by tier");
-    println!(
-        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"offer_id\":\"coffee-10\",\"channel\":\"email\"}}' '{base}/v1/offers/dry-run'"
-    );
-    println!("  # a new purchase counts at once");
-    println!(
-        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"purchases\":[{{\"order_id\":\"web-1\",\"customer_id\":\"new-shopper\",\"item_id\":\"{}\",\"purchased_at\":\"{}\"}}]}}' '{base}/v1/purchases'",
-        shop.example_item,
-        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-    );
-    println!("  curl -s {auth} '{base}/v1/customers/new-shopper/recommendations?k=5'");
-    println!("  # the live model, and the API description");
-    println!("  curl -s {auth} '{base}/v1/models/live'");
-    println!("  curl -s '{base}/v1/openapi.json'\n");
+    println!("Try (the README's tour; in a shell: KEY={key} AFFINITY={base}):");
+    for line in tour(README).unwrap_or_default() {
+        println!(
+            "  {}",
+            line.replace("$KEY", key).replace("$AFFINITY", &base)
+        );
+    }
+    println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_tour_is_comments_and_one_line_curl_commands() {
+        let lines = tour(README).unwrap();
+        let commands: Vec<&&str> = lines.iter().filter(|l| !l.starts_with('#')).collect();
+        assert!(commands.len() >= 10, "{lines:?}");
+        for (i, l) in lines.iter().enumerate() {
+            if !l.starts_with('#') {
+                assert!(l.starts_with("curl -s "), "{l}");
+                assert!(l.contains("\"$AFFINITY/v1/"), "{l}");
+                assert!(!l.ends_with('\\'), "one command per line: {l}");
+                assert!(
+                    i > 0 && lines[i - 1].starts_with('#'),
+                    "{l} needs a `#` line"
+                );
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! HTTP handlers and the in-process benchmark, so both measure the same work.
 
 use affinity_model::model::{Purchase as ModelPurchase, Reason, Scored};
-use affinity_store::{Category, ItemId, Purchase};
+use affinity_store::{Category, CustomerId, ItemId, Purchase, RecordStore, TenantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -271,6 +271,35 @@ impl Serving {
             unknown,
         };
         Ok(self.finish(draft, o, &filter, &basket_ids))
+    }
+
+    /// Recommendations for a stored customer, as `GET /v1/customers/{id}/recommendations`
+    /// answers them: the opt-out flag and the newest `history_limit` purchases are read from
+    /// the store now, then [`Serving::recommend`] folds them in. Shared by the route and
+    /// `affinity recommend`, so both give the same answer.
+    pub async fn for_customer(
+        &self,
+        records: &dyn RecordStore,
+        tenant: &TenantId,
+        customer: &CustomerId,
+        o: &Options,
+        include_purchased: bool,
+        history_limit: usize,
+    ) -> Result<Recommendations, ApiError> {
+        let opted_out = records
+            .get_customer(tenant, customer)
+            .await?
+            .is_some_and(|c| c.opt_out);
+        let history = if opted_out {
+            None
+        } else {
+            Some(
+                records
+                    .customer_history(tenant, customer, history_limit)
+                    .await?,
+            )
+        };
+        self.recommend(history.as_deref(), o, include_purchased)
     }
 
     /// Recommendations for a customer from `history` (newest first, read from the store at

@@ -25,6 +25,20 @@ const STYLES: &[&[&str]] = &[
     &["Books", "Stationery"],
 ];
 
+/// The demo categories bought together with `category` (itself included): those sharing a
+/// shopping style with it, so a person (or a test) can tell whether "also bought" answers
+/// make sense.
+pub fn related_categories(category: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = STYLES
+        .iter()
+        .filter(|style| style.contains(&category))
+        .flat_map(|style| style.iter().copied())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Category, whether its items are bought again and again, and item name parts.
 const CATALOG: &[(&str, bool, &[&str], &[&str])] = &[
     (
@@ -341,6 +355,17 @@ pub async fn populate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn related_categories_follow_the_shopping_styles() {
+        assert_eq!(
+            related_categories("Coffee"),
+            ["Brewing gear", "Coffee", "Mugs"]
+        );
+        assert!(related_categories("Mugs").contains(&"Tea"));
+        assert!(!related_categories("Coffee").contains(&"Books"));
+        assert!(related_categories("Unknown").is_empty());
+    }
     use affinity_model::model::TrainConfig;
     use affinity_store::Stores;
 

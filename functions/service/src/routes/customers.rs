@@ -78,26 +78,16 @@ async fn customer_recommendations(
         exclude: exclude_list(q.exclude.as_deref(), state.limits.max_exclude)?,
     };
     let serving = state.models.get(&caller.tenant).await?;
-    let tenant = &caller.tenant;
-    let records = state.stores.records.as_ref();
-    let opted_out = records
-        .get_customer(tenant, &customer)
-        .await?
-        .is_some_and(|c| c.opt_out);
-    let history = if opted_out {
-        None
-    } else {
-        Some(
-            records
-                .customer_history(tenant, &customer, state.limits.history)
-                .await?,
+    let answer = serving
+        .for_customer(
+            state.stores.records.as_ref(),
+            &caller.tenant,
+            &customer,
+            &options,
+            q.include_purchased.unwrap_or(false),
+            state.limits.history,
         )
-    };
-    let answer = serving.recommend(
-        history.as_deref(),
-        &options,
-        q.include_purchased.unwrap_or(false),
-    )?;
+        .await?;
     Ok((
         Extension(ModelVersionTag(answer.model_version.clone())),
         Extension(CustomerTag(state.hasher.tag(customer.as_str()))),
