@@ -40,12 +40,15 @@ const BOUNDARY_GRAD: f64 = 1e-3;
 /// |log-parameter| beyond which a point counts as far out (e^10 ~ 22,000).
 const BOUNDARY_LOG: f64 = 10.0;
 
+/// A point, its value and its gradient.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
+
 struct Problem<'a> {
     f: &'a Objective<'a>,
     /// The last point evaluated with its value and gradient: argmin asks for the cost and
     /// the gradient of one point separately, and one evaluation gives both (over a million
     /// customers, each evaluation is the expensive part).
-    last: Mutex<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: Mutex<Option<Evaluated>>,
 }
 
 impl<'a> Problem<'a> {
