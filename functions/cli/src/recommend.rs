@@ -284,11 +284,6 @@ async fn from_file(stores: &Stores, tenant: &TenantId, path: &Path) -> Result<Ar
         },
         reason: Some(format!("read from {}", path.display())),
     };
-    Ok(Arc::new(Serving {
-        catalog: Arc::new(CatalogView::build(&model, &items)),
-        crm: None,
-        model: Arc::new(model),
-        version,
-        loaded_at: chrono::Utc::now(),
-    }))
+    let catalog = Arc::new(CatalogView::build(&model, &items));
+    Ok(Arc::new(Serving::new(Arc::new(model), version, catalog)))
 }

@@ -39,6 +39,20 @@ pub struct Serving {
     pub loaded_at: DateTime<Utc>,
 }
 
+impl Serving {
+    /// A serving model built outside the cache (a CLI reading an artifact file): its customer
+    /// insight, if any, is read on first use like a cached one's.
+    pub fn new(model: Arc<Model>, version: ModelVersion, catalog: Arc<CatalogView>) -> Self {
+        Self {
+            model,
+            version,
+            catalog,
+            crm: Arc::default(),
+            loaded_at: Utc::now(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Serving")
