@@ -202,20 +202,81 @@ pub fn fit(
     }
     let d = params.factors;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
-    let mut user = normal_vec(&mut rng, data.n_customers() * d, params.init_std);
-    let mut item = normal_vec(&mut rng, data.n_items() * d, params.init_std);
+    let user = normal_vec(&mut rng, data.n_customers() * d, params.init_std);
+    let item = normal_vec(&mut rng, data.n_items() * d, params.init_std);
+    Ok(alternate(
+        data,
+        params,
+        user,
+        item,
+        params.iterations,
+        on_iteration,
+    ))
+}
+
+/// Continues ALS on `data` from `start` for `iterations` alternations: a model already fitted
+/// on nearly the same data (the gate's candidate, which lacks only the holdout) needs a few
+/// alternations to take in the rest, not a fit from random factors. `start` must have
+/// `data`'s shape (same customer and item index maps) and `params.factors` columns.
+pub fn refit(
+    data: &Interactions,
+    params: &AlsParams,
+    start: AlsFactors,
+    iterations: usize,
+    on_iteration: &(dyn Fn(usize) + Sync),
+) -> Result<AlsFactors> {
+    params.validate()?;
+    if data.nnz() == 0 {
+        return Err(Error::EmptyData("no customer bought any item".into()));
+    }
+    let d = params.factors;
+    if start.factors != d
+        || start.user.len() != data.n_customers() * d
+        || start.item.len() != data.n_items() * d
+    {
+        return Err(Error::InvalidParameter {
+            name: "start",
+            reason: format!(
+                "factors of shape {} x {} / {} x {} do not fit {} customers and {} items x {d}",
+                start.user.len() / start.factors.max(1),
+                start.factors,
+                start.item.len() / start.factors.max(1),
+                start.factors,
+                data.n_customers(),
+                data.n_items(),
+            ),
+        });
+    }
+    Ok(alternate(
+        data,
+        params,
+        start.user,
+        start.item,
+        iterations,
+        on_iteration,
+    ))
+}
+
+fn alternate(
+    data: &Interactions,
+    params: &AlsParams,
+    mut user: Vec<f32>,
+    mut item: Vec<f32>,
+    iterations: usize,
+    on_iteration: &(dyn Fn(usize) + Sync),
+) -> AlsFactors {
     let neg = negative_weights(&data.item_users, params.neg_exponent);
-    for it in 0..params.iterations {
+    for it in 0..iterations {
         solve_users(&mut user, &item, &neg, &data.user_items, params);
         solve_items(&mut item, &user, &neg, &data.item_users, params);
         on_iteration(it + 1);
     }
-    Ok(AlsFactors {
-        factors: d,
+    AlsFactors {
+        factors: params.factors,
         user,
         item,
         negative_weights: neg,
-    })
+    }
 }
 
 /// Customer half-alternation: every customer re-solved against the fixed item factors.

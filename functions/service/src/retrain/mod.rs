@@ -16,8 +16,12 @@
 //! Why the final model is trained again on all data: the holdout is each customer's most
 //! recent purchases, exactly what a recommender must not forget. The gate judges the
 //! configuration on data it was not fitted on; the served model then learns from
-//! everything. A rejected version gets its artifact too, so the team can inspect it and
-//! force it live later without retraining.
+//! everything. It does so by continuing the candidate's ALS for
+//! [`RetrainSettings::refit_iterations`] alternations on all the data rather than fitting
+//! from random factors again: the candidate has converged on everything but the holdout,
+//! and a fit from scratch was half of the run's CPU (docs/scaling.md). A rejected version
+//! gets its artifact too, so the team can inspect it and force it live later without
+//! retraining.
 //!
 //! Crash safety: nothing visible to shoppers changes before the pointer flip, the flip is a
 //! compare-and-set against the version evaluated, and a job id makes retried invocations
@@ -190,6 +194,9 @@ pub struct RetrainSettings {
     pub lease: Duration,
     /// Parallel readers of the purchase scan (DynamoDB segments).
     pub scan_segments: u32,
+    /// ALS alternations of the final fit on all data, continued from the candidate's factors;
+    /// 0 fits the final model from random factors with the full iteration count instead.
+    pub refit_iterations: usize,
 }
 
 impl Default for RetrainSettings {
@@ -200,14 +207,15 @@ impl Default for RetrainSettings {
             holdout: HoldoutConfig::default(),
             lease: Duration::from_secs(120),
             scan_segments: training::SCAN_SEGMENTS,
+            refit_iterations: 3,
         }
     }
 }
 
 impl RetrainSettings {
     /// Defaults overridden by `AFFINITY_GATE_TOLERANCE`, `AFFINITY_GATE_MIN_CUSTOMERS`,
-    /// `AFFINITY_HOLDOUT_CUSTOMERS`, `AFFINITY_RETRAIN_LEASE_SECONDS` and
-    /// `AFFINITY_SCAN_SEGMENTS`.
+    /// `AFFINITY_HOLDOUT_CUSTOMERS`, `AFFINITY_RETRAIN_LEASE_SECONDS`,
+    /// `AFFINITY_SCAN_SEGMENTS` and `AFFINITY_REFIT_ITERATIONS`.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -242,6 +250,9 @@ impl RetrainSettings {
         }
         if let Some(n) = parse(&get, "AFFINITY_SCAN_SEGMENTS")? {
             s.scan_segments = n;
+        }
+        if let Some(n) = parse(&get, "AFFINITY_REFIT_ITERATIONS")? {
+            s.refit_iterations = n;
         }
         s.validate()?;
         Ok(s)
@@ -281,6 +292,12 @@ impl RetrainSettings {
             return bad(
                 "scan_segments",
                 format!("must be in 1..=64, got {}", self.scan_segments),
+            );
+        }
+        if self.refit_iterations > 100 {
+            return bad(
+                "refit_iterations",
+                format!("must be in 0..=100, got {}", self.refit_iterations),
             );
         }
         Ok(())
@@ -971,8 +988,7 @@ async fn locked(
         );
         blocking("fit the candidate", move || {
             let report = |s| report_stage(&p, Step::Fit, s);
-            model::train_for_evaluation(&split.train, &cfg, &v, 0, &report)
-                .step("fit the candidate")
+            model::fit_candidate(&split.train, &cfg, &v, 0, &report).step("fit the candidate")
         })
         .await?
     };
@@ -980,13 +996,13 @@ async fn locked(
     clock.enter(Step::Evaluate);
     deps.faults.check(Step::Evaluate)?;
     lease.check("evaluate")?;
-    let (evaluation, curve) = {
+    let (candidate, evaluation, curve) = {
         let k = holdout.k;
         let live_pointer = pointer.as_ref().map(|p| p.version.to_string());
         blocking("evaluate", move || {
             // One ranking per scorer at the largest cut-off gives the gate's k and the curve.
             let ks = evaluation_ks(k);
-            let cs = candidate.evaluate_at(&split, &ks);
+            let cs = candidate.model.evaluate_at(&split, &ks);
             let ps = model::popularity_metrics_at(&split, &ks);
             let curve = recall_curve(&ks, &cs, &ps);
             let c = at_k(&ks, &cs, k);
@@ -1004,7 +1020,7 @@ async fn locked(
                 live_pointer,
                 live_note,
             };
-            Ok((evaluation, curve))
+            Ok((candidate, evaluation, curve))
         })
         .await?
     };
@@ -1026,10 +1042,25 @@ async fn locked(
             manifest_metrics(&evaluation),
         );
         let trained_at = Utc::now().timestamp();
+        let refit = deps.settings.refit_iterations;
         blocking("train", move || {
             let report = |s| report_stage(&p, Step::Train, s);
-            let mut m = model::train(&data, &categories, &cfg, &v, trained_at, &report)
-                .step("train the final model")?;
+            let mut m = if refit > 0 {
+                model::train_from(
+                    candidate,
+                    &data,
+                    &categories,
+                    &cfg,
+                    &v,
+                    trained_at,
+                    refit,
+                    &report,
+                )
+            } else {
+                drop(candidate);
+                model::train(&data, &categories, &cfg, &v, trained_at, &report)
+            }
+            .step("train the final model")?;
             m.manifest.metrics = metrics;
             Ok(m)
         })
@@ -1589,11 +1620,18 @@ mod tests {
         let env = |k: &str| match k {
             "AFFINITY_GATE_TOLERANCE" => Some("0.05".to_owned()),
             "AFFINITY_RETRAIN_LEASE_SECONDS" => Some("60".to_owned()),
+            "AFFINITY_REFIT_ITERATIONS" => Some("0".to_owned()),
             _ => None,
         };
         let s = RetrainSettings::from_lookup(env).unwrap();
         assert_eq!(s.gate.tolerance, 0.05);
         assert_eq!(s.lease, Duration::from_secs(60));
+        assert_eq!(s.refit_iterations, 0, "0 asks for a final fit from scratch");
+        assert_eq!(RetrainSettings::default().refit_iterations, 3);
+        let bad = RetrainSettings::from_lookup(|k| {
+            (k == "AFFINITY_REFIT_ITERATIONS").then(|| "1000".to_owned())
+        });
+        assert!(bad.is_err());
         let bad = RetrainSettings::from_lookup(|k| {
             (k == "AFFINITY_GATE_TOLERANCE").then(|| "lots".to_owned())
         });
