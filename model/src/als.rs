@@ -196,28 +196,24 @@ pub fn fit(
     params: &AlsParams,
     on_iteration: &(dyn Fn(usize) + Sync),
 ) -> Result<AlsFactors> {
+    // Validated before the random factors are sized by it; `refit` checks the rest.
     params.validate()?;
-    if data.nnz() == 0 {
-        return Err(Error::EmptyData("no customer bought any item".into()));
-    }
     let d = params.factors;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
-    let user = normal_vec(&mut rng, data.n_customers() * d, params.init_std);
-    let item = normal_vec(&mut rng, data.n_items() * d, params.init_std);
-    Ok(alternate(
-        data,
-        params,
-        user,
-        item,
-        params.iterations,
-        on_iteration,
-    ))
+    let start = AlsFactors {
+        factors: d,
+        user: normal_vec(&mut rng, data.n_customers() * d, params.init_std),
+        item: normal_vec(&mut rng, data.n_items() * d, params.init_std),
+        negative_weights: Vec::new(),
+    };
+    refit(data, params, start, params.iterations, on_iteration)
 }
 
 /// Continues ALS on `data` from `start` for `iterations` alternations: a model already fitted
 /// on nearly the same data (the gate's candidate, which lacks only the holdout) needs a few
 /// alternations to take in the rest, not a fit from random factors. `start` must have
-/// `data`'s shape (same customer and item index maps) and `params.factors` columns.
+/// `data`'s shape (same customer and item index maps) and `params.factors` columns; its
+/// negative weights are recomputed from `data`.
 pub fn refit(
     data: &Interactions,
     params: &AlsParams,
@@ -247,36 +243,21 @@ pub fn refit(
             ),
         });
     }
-    Ok(alternate(
-        data,
-        params,
-        start.user,
-        start.item,
-        iterations,
-        on_iteration,
-    ))
-}
-
-fn alternate(
-    data: &Interactions,
-    params: &AlsParams,
-    mut user: Vec<f32>,
-    mut item: Vec<f32>,
-    iterations: usize,
-    on_iteration: &(dyn Fn(usize) + Sync),
-) -> AlsFactors {
+    let AlsFactors {
+        mut user, mut item, ..
+    } = start;
     let neg = negative_weights(&data.item_users, params.neg_exponent);
     for it in 0..iterations {
         solve_users(&mut user, &item, &neg, &data.user_items, params);
         solve_items(&mut item, &user, &neg, &data.item_users, params);
         on_iteration(it + 1);
     }
-    AlsFactors {
-        factors: params.factors,
+    Ok(AlsFactors {
+        factors: d,
         user,
         item,
         negative_weights: neg,
-    }
+    })
 }
 
 /// Customer half-alternation: every customer re-solved against the fixed item factors.

@@ -311,17 +311,7 @@ pub fn train_for_evaluation(
     trained_at: i64,
     progress: &(dyn Fn(Stage) + Sync),
 ) -> Result<Model> {
-    build(
-        data,
-        &HashMap::new(),
-        config,
-        model_version,
-        trained_at,
-        progress,
-        false,
-        None,
-    )
-    .map(|(m, _)| m)
+    fit_candidate(data, config, model_version, trained_at, progress).map(|c| c.model)
 }
 
 #[allow(clippy::too_many_arguments)]
