@@ -71,7 +71,10 @@ pub async fn profile(
             "model_version": serving.version.version.as_str(),
             "observation_end": DateTime::<Utc>::from_timestamp(snapshot.profiles.observation_end, 0),
             "known": known,
-            "opted_out": data.opted_out,
+            "consent": {
+                "personalization": data.consent.personalization,
+                "marketing": data.consent.marketing,
+            },
             "profile": p,
             "rfm_code": p.rfm.code(),
             "horizon_days": config.horizon_days,
@@ -117,7 +120,13 @@ pub async fn profile(
         format!("CLV, {} months", config.clv_months),
         opt(p.clv, 2),
     ]);
-    t.add_row(vec!["opted out".to_owned(), data.opted_out.to_string()]);
+    t.add_row(vec![
+        "consent".to_owned(),
+        format!(
+            "personalization {}, marketing {}",
+            data.consent.personalization, data.consent.marketing
+        ),
+    ]);
     println!("{t}");
     if due.is_empty() {
         println!("nothing due to buy again");

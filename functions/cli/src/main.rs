@@ -2,6 +2,7 @@
 //! promotion gate, inspect model versions, promote and roll back, write a model report,
 //! score your own split, serve the HTTP API, manage API keys.
 
+mod customers;
 mod eval;
 mod insight;
 mod keys;
@@ -167,6 +168,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// Customers' data rights: erase a customer, record their consent.
+    Customers {
+        #[command(subcommand)]
+        cmd: customers::CustomersCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,14 +193,36 @@ enum OffersCmd {
 
 #[derive(Subcommand)]
 enum KeysCmd {
-    /// Create a key; its secret is printed once.
+    /// Create a key; its secret is printed once. A server key needs --scopes; a storefront
+    /// key (--storefront) signs customer tokens for browsers and answers recommendations only.
     Create {
-        /// Comma-separated scopes: recommend, offers, ingest, models-admin.
-        #[arg(long, required = true, num_args = 1..)]
+        /// Comma-separated scopes: recommend, profiles-read, offers-decide, offers-manage,
+        /// ingest, customers-manage, models-admin.
+        #[arg(long, num_args = 1.., required_unless_present = "storefront", conflicts_with = "storefront")]
         scopes: Vec<String>,
+        /// A storefront key: its signing secret stays on the shop's server, which signs
+        /// short-lived tokens naming one customer (`affinity keys sign`, docs/api.md).
+        #[arg(long)]
+        storefront: bool,
         /// A label to tell keys apart.
         #[arg(long)]
         label: Option<String>,
+    },
+    /// Sign a storefront token for one customer, as the shop's server does (for trying it
+    /// out; production servers sign in their own language, see docs/api.md).
+    Sign {
+        /// The storefront key's id.
+        #[arg(long)]
+        key_id: String,
+        /// The storefront key's signing secret (hex).
+        #[arg(long, env = "AFFINITY_SIGNING_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The customer the token answers for.
+        #[arg(long)]
+        customer: String,
+        /// Lifetime in seconds (at most 86400).
+        #[arg(long, default_value_t = 900)]
+        ttl: i64,
     },
     /// Revoke a key by its id.
     Revoke {
@@ -389,12 +417,27 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Serve { addr, demo } => serve::run(stores, &tenant, addr, demo).await?,
         Cmd::Recommend(args) => recommend::run(&stores, &tenant, args, cli.json).await?,
         Cmd::Keys { cmd } => match cmd {
-            KeysCmd::Create { scopes, label } => {
-                keys::create(&stores, &tenant, &scopes, label, cli.json).await?
+            KeysCmd::Create {
+                scopes,
+                storefront,
+                label,
+            } => {
+                if storefront {
+                    keys::create_storefront(&stores, &tenant, label, cli.json).await?
+                } else {
+                    keys::create(&stores, &tenant, &scopes, label, cli.json).await?
+                }
             }
+            KeysCmd::Sign {
+                key_id,
+                secret,
+                customer,
+                ttl,
+            } => keys::sign(&tenant, &key_id, &secret, &customer, ttl, cli.json)?,
             KeysCmd::Revoke { key_id } => keys::revoke(&stores, &tenant, &key_id, cli.json).await?,
             KeysCmd::List => keys::list(&stores, &tenant, cli.json).await?,
         },
+        Cmd::Customers { cmd } => customers::run(&stores, &tenant, cmd, cli.json).await?,
         Cmd::Profile { customer } => {
             insight::profile(&stores, &tenant, &customer, cli.json).await?
         }

@@ -34,15 +34,9 @@ pub async fn run(
                 outcome.reason
             )
         })?;
-        let scopes = [
-            Scope::Recommend,
-            Scope::Offers,
-            Scope::Ingest,
-            Scope::ModelsAdmin,
-        ];
         let key = generate_api_key(
             tenant,
-            scopes.into(),
+            Scope::ALL.into(),
             Some("development key (affinity serve --demo)".into()),
             chrono::Utc::now(),
         )?;

@@ -105,7 +105,7 @@ pub struct RecommendedItem {
 pub enum Fallback {
     /// The customer has no purchases on record.
     UnknownCustomer,
-    /// The customer opted out of personalization.
+    /// The customer has not consented to personalization (their history is not read).
     OptedOut,
     /// None of the customer's purchases is known to the model.
     NoKnownPurchases,
@@ -274,8 +274,8 @@ impl Serving {
     }
 
     /// Recommendations for a stored customer, as `GET /v1/customers/{id}/recommendations`
-    /// answers them: the opt-out flag and the newest `history_limit` purchases are read from
-    /// the store now, then [`Serving::recommend`] folds them in. Shared by the route and
+    /// answers them: the consent flags and the newest `history_limit` purchases are read
+    /// from the store now (no history without personalization consent), then [`Serving::recommend`] folds them in. Shared by the route and
     /// `affinity recommend`, so both give the same answer.
     pub async fn for_customer(
         &self,
@@ -286,11 +286,11 @@ impl Serving {
         include_purchased: bool,
         history_limit: usize,
     ) -> Result<Recommendations, ApiError> {
-        let opted_out = records
+        let personalization = records
             .get_customer(tenant, customer)
             .await?
-            .is_some_and(|c| c.opt_out);
-        let history = if opted_out {
+            .is_none_or(|c| c.consent.personalization);
+        let history = if !personalization {
             None
         } else {
             Some(
@@ -303,7 +303,7 @@ impl Serving {
     }
 
     /// Recommendations for a customer from `history` (newest first, read from the store at
-    /// request time), by fold-in; `None` history means opted out. Already-bought items are
+    /// request time), by fold-in; `None` history means no personalization consent. Already-bought items are
     /// left out unless `include_purchased`.
     pub fn recommend(
         &self,

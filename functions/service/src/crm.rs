@@ -23,7 +23,7 @@ use affinity_model::crm::repurchase;
 use affinity_model::crm::summary::Transaction;
 use affinity_model::model::{Model, Purchase as ModelPurchase};
 use affinity_store::{
-    BlobKey, CustomerId, OfferEvent, OfferEventKind, OfferRecord, OfferStatus, Purchase,
+    BlobKey, Consent, CustomerId, OfferEvent, OfferEventKind, OfferRecord, OfferStatus, Purchase,
     PurchaseRow, RecordStore, Stores, TenantId,
 };
 use chrono::{DateTime, Utc};
@@ -50,6 +50,10 @@ pub struct CrmSnapshot {
     pub intervals: Intervals,
     /// Response of each offer so far (budgets, calibration), by offer id.
     pub offer_stats: BTreeMap<String, OfferStats>,
+    /// Size of the stored blob this was read from (0 when computed): an instance that
+    /// sees another size under the same key knows an erasure rewrote it.
+    #[serde(skip)]
+    pub stored_bytes: u64,
 }
 
 impl CrmSnapshot {
@@ -59,6 +63,21 @@ impl CrmSnapshot {
             .get(&customer.to_owned())
             .cloned()
             .unwrap_or_else(|| CustomerProfile::newcomer(&self.profiles.config))
+    }
+
+    /// Drops one customer's profile (an erasure); true when there was one.
+    pub fn remove_customer(&mut self, customer: &str) -> bool {
+        match self
+            .profiles
+            .customers
+            .binary_search_by(|(k, _)| k.as_str().cmp(customer))
+        {
+            Ok(i) => {
+                self.profiles.customers.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -349,14 +368,18 @@ fn insight_from_purchases(
         profiles,
         intervals,
         offer_stats,
+        stored_bytes: 0,
     })
 }
+
+/// Blob-key prefix under which every model version's CRM snapshot is stored.
+pub const SNAPSHOT_PREFIX: &str = "crm/";
 
 /// Blob key of a model version's CRM snapshot: `crm/<sha256 of the version id>.json`, so any
 /// version id (they may hold characters a blob key may not) maps to a safe key.
 pub fn snapshot_key(version: &str) -> Result<BlobKey> {
     let h = affinity_model::artifact::digest(version.as_bytes());
-    BlobKey::parse(format!("crm/{h}.json")).step("CRM snapshot key")
+    BlobKey::parse(format!("{SNAPSHOT_PREFIX}{h}.json")).step("CRM snapshot key")
 }
 
 /// Computes the CRM snapshot for a freshly trained `model` (observed up to the model's
@@ -403,8 +426,9 @@ pub async fn read_snapshot(
         Err(affinity_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e).step("read the CRM snapshot"),
     };
-    let snapshot: CrmSnapshot =
+    let mut snapshot: CrmSnapshot =
         serde_json::from_slice(&bytes).map_err(|e| Error::runtime("decode the CRM snapshot", e))?;
+    snapshot.stored_bytes = bytes.len() as u64;
     if snapshot.model_version != version {
         return Err(Error::Mismatch(format!(
             "CRM snapshot under {version} is for model {}",
@@ -485,8 +509,9 @@ pub const READ_CONCURRENCY: usize = 16;
 /// One customer as read from the store: flags, profile, history and offer events.
 #[derive(Debug, Clone)]
 pub struct CustomerData {
-    /// Opted out of personalization and offers: gets none.
-    pub opted_out: bool,
+    /// What the customer consented to: without marketing they get no offer and are in no
+    /// audience or count; without personalization their history is not read.
+    pub consent: Consent,
     /// Profile from the snapshot (newcomer's when unknown), tier override applied.
     pub profile: CustomerProfile,
     /// Purchases with model item indices, newest first.
@@ -520,28 +545,32 @@ pub async fn read_customer(
         .await
         .step("read customer flags")?;
     let mut profile = snapshot.profile(customer.as_str());
-    let opted_out = flags.as_ref().is_some_and(|f| f.opt_out);
+    let consent = flags.as_ref().map(|f| f.consent).unwrap_or_default();
     if let Some(t) = flags.and_then(|f| f.tier_override) {
         profile.tier = t;
     }
-    if opted_out {
+    if !consent.marketing {
         return Ok(CustomerData {
-            opted_out,
+            consent,
             profile,
             purchases: Vec::new(),
             events: Vec::new(),
         });
     }
-    let history = store
-        .customer_history(tenant, customer, HISTORY_LIMIT)
-        .await
-        .step("read customer history")?;
+    let history = if consent.personalization {
+        store
+            .customer_history(tenant, customer, HISTORY_LIMIT)
+            .await
+            .step("read customer history")?
+    } else {
+        Vec::new()
+    };
     let events = store
         .events_by_customer(tenant, customer, None, EVENT_LIMIT)
         .await
         .step("read offer events")?;
     Ok(CustomerData {
-        opted_out,
+        consent,
         profile,
         purchases: model_purchases(model, &history),
         events: events.iter().map(past_event).collect(),
@@ -622,21 +651,24 @@ pub async fn all_customers(
     let mut out = Vec::with_capacity(ids.len());
     for ((id, flags), (_, mut history)) in ids.into_iter().zip(flags).zip(histories) {
         let mut profile = snapshot.profile(id.as_str());
-        let opted_out = flags.as_ref().is_some_and(|f| f.opt_out);
+        let consent = flags.as_ref().map(|f| f.consent).unwrap_or_default();
         if let Some(t) = flags.and_then(|f| f.tier_override) {
             profile.tier = t;
         }
-        if opted_out {
+        if !consent.marketing {
             out.push((
                 id,
                 CustomerData {
-                    opted_out,
+                    consent,
                     profile,
                     purchases: Vec::new(),
                     events: Vec::new(),
                 },
             ));
             continue;
+        }
+        if !consent.personalization {
+            history.clear();
         }
         // Newest first, ties as the store orders them (order id, line).
         history.sort_by(|a, b| {
@@ -652,7 +684,7 @@ pub async fn all_customers(
         out.push((
             id,
             CustomerData {
-                opted_out,
+                consent,
                 profile,
                 purchases: model_purchases(model, &history),
                 events: ev.iter().map(past_event).collect(),
@@ -664,8 +696,8 @@ pub async fn all_customers(
 
 /// Dry run of `offer` (a draft, or a stored offer whatever its status) against the live
 /// offers at `now` on `channel`: eligible customers and those whose first offer it would
-/// be, overall and by tier, over every customer of the snapshot (opted-out ones count as
-/// examined, never as eligible). The offer replaces a live offer with the same id.
+/// be, overall and by tier, over every customer of the snapshot with marketing consent (the
+/// others are not counted at all). The offer replaces a live offer with the same id.
 pub async fn dry_run(
     store: &dyn RecordStore,
     tenant: &TenantId,
@@ -698,7 +730,7 @@ pub async fn dry_run(
         .ok_or_else(|| Error::Mismatch("dry-run offer missing from the engine".into()))?;
     let views: Vec<CustomerView<'_>> = customers
         .iter()
-        .filter(|(_, c)| !c.opted_out)
+        .filter(|(_, c)| c.consent.marketing)
         .map(|(_, c)| c.view())
         .collect();
     let request = OfferRequest {
@@ -708,7 +740,7 @@ pub async fn dry_run(
         allow_same_category: false,
     };
     let mut d = engine.dry_run(idx, &views, &request);
-    d.customers = customers.len() as u64;
+    d.customers = views.len() as u64;
     Ok(d)
 }
 
@@ -773,7 +805,7 @@ pub struct DueKey {
 }
 
 /// The customers most likely to buy `item`: each customer's folded-in vector scored
-/// against the item's vector. Eligible = not opted out and, unless the item is
+/// against the item's vector. Eligible = marketing consent and, unless the item is
 /// repurchasable, not owning it already. Returns the eligible count and the best `limit`
 /// (score, then customer id), customers without a known purchase left out of the ranking.
 pub fn audience(
@@ -790,7 +822,9 @@ pub fn audience(
     let scored: Vec<Option<Option<f32>>> = customers
         .par_iter()
         .map(|(_, c)| {
-            if c.opted_out || (!repurchasable && c.purchases.iter().any(|p| p.item == item)) {
+            if !c.consent.marketing
+                || (!repurchasable && c.purchases.iter().any(|p| p.item == item))
+            {
                 return None;
             }
             if c.purchases.is_empty() {
@@ -815,7 +849,7 @@ pub fn audience(
 }
 
 /// One customer's next best offers from store data: history, offer events over all
-/// channels, flags (opted-out customers get none; a tier override replaces the tier).
+/// channels, flags (no history without personalization consent, nothing without marketing consent; a tier override replaces the tier).
 pub async fn customer_offers(
     store: &dyn RecordStore,
     tenant: &TenantId,
@@ -829,13 +863,13 @@ pub async fn customer_offers(
     Ok(offers_for(engine, &data, request))
 }
 
-/// The next best offers of a customer already read; none when opted out.
+/// The next best offers of a customer already read; none without marketing consent.
 pub fn offers_for(
     engine: &OfferEngine<'_>,
     data: &CustomerData,
     request: &OfferRequest,
 ) -> Vec<ScoredOffer> {
-    if data.opted_out {
+    if !data.consent.marketing {
         Vec::new()
     } else {
         engine.next_best_offers(&data.view(), request)

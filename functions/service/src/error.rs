@@ -242,6 +242,31 @@ pub enum ApiError {
     /// The request names another tenant than the key's.
     #[error("this key belongs to another tenant than {0:?}")]
     WrongTenant(String),
+    /// A storefront token that cannot be read, names an unknown or revoked key, or asks
+    /// for a longer life than allowed.
+    #[error("invalid storefront token: {0}")]
+    InvalidToken(String),
+    /// A storefront token whose signature does not match its content (tampered, or signed
+    /// with another key).
+    #[error("the storefront token's signature does not match its content")]
+    BadSignature,
+    /// A storefront token past its expiry.
+    #[error("the storefront token expired at {0}; ask the shop's server for a new one")]
+    TokenExpired(String),
+    /// A storefront token used for another customer than the one it names.
+    #[error("this storefront token answers only for the customer it names")]
+    CustomerMismatch,
+    /// A storefront token on a route storefront tokens never answer.
+    #[error("storefront tokens answer only recommendation routes; this one needs a server key")]
+    ServerKeyRequired,
+    /// The key has used up its allowance on an expensive route for now.
+    #[error("rate limit of this key on {route} reached; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// The limited route group.
+        route: &'static str,
+        /// Whole seconds until the next request is allowed.
+        retry_after_secs: u64,
+    },
     /// A record the request names does not exist.
     #[error("{what} not found: {id}")]
     NotFound {
@@ -311,6 +336,12 @@ impl ApiError {
             ApiError::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_key"),
             ApiError::MissingScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::WrongTenant(_) => (StatusCode::FORBIDDEN, "wrong_tenant"),
+            ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::BadSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            ApiError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token_expired"),
+            ApiError::CustomerMismatch => (StatusCode::FORBIDDEN, "customer_mismatch"),
+            ApiError::ServerKeyRequired => (StatusCode::FORBIDDEN, "server_key_required"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -373,7 +404,17 @@ impl IntoResponse for ApiError {
                 message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after_secs),
+            );
+        }
+        response
     }
 }
 

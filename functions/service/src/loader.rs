@@ -230,7 +230,7 @@ impl ModelCache {
                         model: current.model.clone(),
                         version: current.version.clone(),
                         catalog: Arc::new(CatalogView::build(&current.model, &items)),
-                        crm: current.crm.clone(),
+                        crm: self.crm_still_current(tenant, current).await?,
                         loaded_at: current.loaded_at,
                     }))
                 }
@@ -331,6 +331,47 @@ impl ModelCache {
             })
             .await?;
         Ok(snapshot.clone())
+    }
+
+    /// The loaded customer insight if its blob is unchanged, else an empty cell so the next
+    /// offer or insight request reads it again: an erasure on another instance rewrites the
+    /// blob (smaller, as it removes a profile), and this is how it reaches this one.
+    async fn crm_still_current(
+        &self,
+        tenant: &TenantId,
+        current: &Serving,
+    ) -> Result<Arc<tokio::sync::OnceCell<Option<Arc<CrmSnapshot>>>>> {
+        let Some(Some(loaded)) = current.crm.get() else {
+            return Ok(current.crm.clone());
+        };
+        let key = crm::snapshot_key(current.version.version.as_str())?;
+        let stored = self
+            .stores
+            .blobs
+            .head(tenant, &key)
+            .await
+            .step("check the CRM snapshot")?;
+        if stored.is_some_and(|m| m.size == loaded.stored_bytes) {
+            Ok(current.crm.clone())
+        } else {
+            tracing::info!(tenant = %tenant, model_version = %current.version.version, "customer insight changed; read again on next use");
+            Ok(Arc::default())
+        }
+    }
+
+    /// Forgets this instance's customer insight of the tenant (after an erasure rewrote it),
+    /// so the next offer or insight request reads the rewritten one.
+    pub fn forget_insight(&self, tenant: &TenantId) {
+        let slot = self.slot(tenant);
+        if let Some(current) = slot.serving.load_full() {
+            slot.serving.store(Some(Arc::new(Serving {
+                model: current.model.clone(),
+                version: current.version.clone(),
+                catalog: current.catalog.clone(),
+                crm: Arc::default(),
+                loaded_at: current.loaded_at,
+            })));
+        }
     }
 
     /// Makes the next request re-check the tenant's live pointer (after this process

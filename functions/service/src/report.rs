@@ -1113,6 +1113,7 @@ mod tests {
             },
             intervals: Intervals::default(),
             offer_stats: BTreeMap::new(),
+            stored_bytes: 0,
         }
     }
 

@@ -66,8 +66,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `affinity_service=debug`.
     pub log_filter: String,
-    /// Key of the keyed hash that stands for customer ids in logs (None: random per process).
+    /// Key of the keyed hash that stands for customer ids in logs and erasure audit records
+    /// (None: random per process).
     pub log_hash_key: Option<Vec<u8>>,
+    /// Requests a key may make per minute to each expensive route group on one instance
+    /// (audience, dry run, reports, batch offers); 0 turns the limit off.
+    pub rate_limit_per_min: u32,
     /// True when running inside AWS Lambda.
     pub on_lambda: bool,
     /// Retrain function `POST /v1/models:retrain` invokes (None: run in this process).
@@ -89,7 +93,7 @@ impl Settings {
     /// `AFFINITY_MAX_BODY_BYTES` (1048576), `AFFINITY_MAX_BATCH` (500), `AFFINITY_MAX_BASKET`
     /// (50), `AFFINITY_HISTORY` (500), `AFFINITY_LOG` (`info`), `AFFINITY_LOG_FORMAT`
     /// (`json` on Lambda, `pretty` elsewhere), `AFFINITY_LOG_HASH_KEY` (hex; random when
-    /// unset), `AFFINITY_RETRAIN_FUNCTION` (unset: retrain in this process), the retrain
+    /// unset), `AFFINITY_RATE_LIMIT_PER_MIN` (60; 0 = off), `AFFINITY_RETRAIN_FUNCTION` (unset: retrain in this process), the retrain
     /// pipeline's (see `RetrainSettings::from_lookup`) and `AWS_LAMBDA_RUNTIME_API` (set by
     /// Lambda).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
@@ -157,6 +161,7 @@ impl Settings {
             log_format,
             log_filter: get("AFFINITY_LOG").unwrap_or_else(|| "info".into()),
             log_hash_key,
+            rate_limit_per_min: number(&get, "AFFINITY_RATE_LIMIT_PER_MIN", 60)?,
             on_lambda,
             retrain_function: get("AFFINITY_RETRAIN_FUNCTION").filter(|f| !f.trim().is_empty()),
             retrain: crate::retrain::RetrainSettings::from_lookup(&get)?,
@@ -175,6 +180,7 @@ impl Settings {
             log_format: LogFormat::Pretty,
             log_filter: "warn".into(),
             log_hash_key: Some(vec![7; 32]),
+            rate_limit_per_min: 0,
             on_lambda: false,
             retrain_function: None,
             retrain: crate::retrain::RetrainSettings::default(),

@@ -6,6 +6,7 @@ use affinity_store::Stores;
 
 use crate::auth::KeyCache;
 use crate::loader::ModelCache;
+use crate::ratelimit::RateLimits;
 use crate::retrain::trigger::Retrainer;
 use crate::settings::{Limits, Settings};
 use crate::telemetry::CustomerHasher;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub hasher: CustomerHasher,
     /// Where `POST /v1/models:retrain` runs a retrain.
     pub retrainer: Arc<Retrainer>,
+    /// Per-key limits of the expensive routes.
+    pub rate_limits: Arc<RateLimits>,
 }
 
 impl AppState {
@@ -37,6 +40,7 @@ impl AppState {
             limits: settings.limits,
             hasher: CustomerHasher::new(settings.log_hash_key.clone()),
             retrainer: Arc::new(Retrainer::Local(settings.retrain.clone())),
+            rate_limits: Arc::new(RateLimits::new(settings.rate_limit_per_min)),
             stores,
         }
     }

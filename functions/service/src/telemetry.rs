@@ -61,11 +61,19 @@ impl CustomerHasher {
 
     /// The log-safe stand-in for a customer id.
     pub fn tag(&self, customer: &str) -> String {
+        let mut full = self.full(customer);
+        full.truncate(16);
+        full
+    }
+
+    /// The whole keyed hash (64 hex chars): what an erasure audit record keeps, so a later
+    /// question "was this customer erased?" can be answered without storing the id.
+    pub fn full(&self, customer: &str) -> String {
         // HMAC accepts keys of any length, so this cannot fail; fall back to a constant tag.
         match Hmac::<Sha256>::new_from_slice(&self.key) {
             Ok(mut mac) => {
                 mac.update(customer.as_bytes());
-                hex::encode(&mac.finalize().into_bytes()[..8])
+                hex::encode(mac.finalize().into_bytes())
             }
             Err(_) => "unhashable".into(),
         }

@@ -30,6 +30,8 @@ struct Harness {
     stores: Stores,
     tenant: TenantId,
     dynamo: Option<DynamoStore>,
+    /// The peer's SDK configuration and bucket, for tests that read around the store.
+    peer: Option<(aws_config::SdkConfig, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -60,6 +62,7 @@ impl Harness {
             stores: Stores::new(Arc::new(records), Arc::new(blobs)),
             tenant: TenantId::default(),
             dynamo: None,
+            peer: None,
             _dir: Some(dir),
         }
     }
@@ -77,12 +80,14 @@ impl Harness {
         let dynamo =
             DynamoStore::new(&sdk, DynamoOptions::new(format!("{}-", unique("tbl")))).unwrap();
         dynamo.create_tables().await.unwrap();
-        let blobs = S3BlobStore::new(&sdk, unique("bkt"), "").unwrap();
+        let bucket = unique("bkt");
+        let blobs = S3BlobStore::new(&sdk, bucket.clone(), "").unwrap();
         blobs.create_bucket().await.unwrap();
         Self {
             stores: Stores::new(Arc::new(dynamo.clone()), Arc::new(blobs)),
             tenant: TenantId::default(),
             dynamo: Some(dynamo),
+            peer: Some((sdk, bucket)),
             _dir: None,
         }
     }
@@ -301,7 +306,217 @@ macro_rules! on_both_backends {
 on_both_backends!(
     ingest_retrain_recommendations_change_and_rollback_restores,
     bad_candidate_is_rejected_and_force_promotes_it,
+    erasure_leaves_no_row_or_blob_holding_the_customer,
 );
+
+/// Every place `needle` appears in the backend's raw records and blobs, read around the
+/// store's API: every row of every SQLite table and every file under the blob folder, or
+/// every item of every DynamoDB table and every object of the bucket.
+async fn raw_places_holding(h: &Harness, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let (Some(dynamo), Some((sdk, bucket))) = (&h.dynamo, &h.peer) {
+        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        for spec in affinity_store::dynamo::schema::tables() {
+            let table = dynamo.table_name(spec.id).to_owned();
+            let items = ddb
+                .scan()
+                .table_name(&table)
+                .into_paginator()
+                .items()
+                .send()
+                .collect::<Result<Vec<_>, _>>()
+                .await
+                .unwrap();
+            for item in items {
+                if format!("{item:?}").contains(needle) {
+                    found.push(format!("table {table}: {item:?}"));
+                }
+            }
+        }
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(sdk)
+                .force_path_style(true)
+                .build(),
+        );
+        let objects = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
+        for page in objects {
+            for o in page.contents() {
+                let key = o.key().unwrap().to_owned();
+                let body = s3
+                    .get_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                let bytes = body.body.collect().await.unwrap().into_bytes();
+                if String::from_utf8_lossy(&bytes).contains(needle) {
+                    found.push(format!("object {key}"));
+                }
+            }
+        }
+    } else {
+        let dir = h._dir.as_ref().unwrap().path();
+        let db = rusqlite::Connection::open(dir.join("affinity.db")).unwrap();
+        let tables: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tables.len() >= 10, "{tables:?}");
+        for table in tables {
+            let mut st = db.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+            let columns = st.column_count();
+            let mut rows = st.query([]).unwrap();
+            while let Some(row) = rows.next().unwrap() {
+                for c in 0..columns {
+                    let text = match row.get_ref(c).unwrap() {
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                        _ => continue,
+                    };
+                    if text.contains(needle) {
+                        found.push(format!("table {table} column {c}: {text}"));
+                    }
+                }
+            }
+        }
+        let mut stack = vec![dir.join("blobs")];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(needle) {
+                    found.push(format!("file {}", path.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `DELETE /v1/customers/{id}` on a shop with two model versions (two insight snapshots),
+/// offer events and a consent record: afterwards no row and no blob holds the id, the
+/// answer counted what went, and a repeat counts nothing.
+async fn erasure_leaves_no_row_or_blob_holding_the_customer(h: &Harness) {
+    use affinity_service::routes;
+    use affinity_service::settings::Settings;
+    use affinity_service::state::AppState;
+    use tower::ServiceExt;
+
+    let shop = demo::populate(h.stores.records.as_ref(), &h.tenant, 200, 11, now())
+        .await
+        .unwrap();
+    let deps = h.deps();
+    for job in ["erase-1", "erase-2"] {
+        let mut req = request(h, job);
+        req.force = true;
+        retrain::run_once(&deps, req).await.unwrap();
+    }
+    let gone = shop.lapsed_customer.clone();
+    let stayed = shop.example_customer.clone();
+    let key = affinity_store::generate_api_key(
+        &h.tenant,
+        [
+            affinity_store::Scope::CustomersManage,
+            affinity_store::Scope::OffersDecide,
+        ]
+        .into(),
+        None,
+        Utc::now(),
+    )
+    .unwrap();
+    h.stores.records.create_key(&key.record).await.unwrap();
+    let router = routes::router(AppState::new(h.stores.clone(), &Settings::for_tests()));
+    let call = |method: &str, uri: String, body: Option<serde_json::Value>| {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", key.secret));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let router = router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (s, b) = call(
+        "POST",
+        "/v1/offers/events".into(),
+        Some(
+            serde_json::json!({"events": [{"event_id": "erase-ev", "customer_id": gone,
+            "offer_id": "win-back", "kind": "shown", "channel": "email"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        "PUT",
+        format!("/v1/customers/{gone}/consent"),
+        Some(serde_json::json!({"personalization": true, "marketing": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let before = raw_places_holding(h, &gone).await;
+    assert!(
+        before.iter().any(|p| p.contains("crm")) && before.len() > 4,
+        "the customer should be stored in rows and snapshots first: {before:?}"
+    );
+
+    let (s, erased) = call("DELETE", format!("/v1/customers/{gone}"), None).await;
+    assert_eq!(s, 200, "{erased}");
+    assert!(erased["purchases"].as_u64().unwrap() > 0, "{erased}");
+    assert_eq!(erased["offer_events"], 1, "{erased}");
+    assert_eq!(erased["customer_records"], 1, "{erased}");
+    assert_eq!(erased["insight_snapshots"], 2, "{erased}");
+    let after = raw_places_holding(h, &gone).await;
+    assert!(after.is_empty(), "still holding {gone}: {after:?}");
+    // Only that customer went.
+    assert!(!raw_places_holding(h, &stayed).await.is_empty());
+
+    let (s, again) = call("DELETE", format!("/v1/customers/{gone}"), None).await;
+    assert_eq!(s, 200, "{again}");
+    for kind in [
+        "purchases",
+        "offer_events",
+        "customer_records",
+        "insight_snapshots",
+    ] {
+        assert_eq!(again[kind], 0, "{kind}: {again}");
+    }
+    let audits = h
+        .stores
+        .records
+        .erasures_since(&h.tenant, chrono::DateTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_eq!(audits.len(), 2);
+}
 
 /// Ingest, retrain, new purchases, retrain again: answers change, versions are listed
 /// with metrics, rollback brings the old answers back and promote moves forward again.

@@ -345,7 +345,7 @@ mod tests {
             stores.blobs.put(&t, &key, vec![1, 2]).await.unwrap();
             let c = crate::types::CustomerRecord {
                 customer_id: crate::ids::CustomerId::parse("c").unwrap(),
-                opt_out: true,
+                consent: crate::types::Consent::NONE,
                 tier_override: None,
                 updated_at: chrono::Utc::now(),
             };
@@ -361,7 +361,8 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap()
-                .opt_out
+                .consent
+                == crate::types::Consent::NONE
         );
         assert!(dir.path().join("affinity.db").exists());
     }

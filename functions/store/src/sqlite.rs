@@ -23,14 +23,29 @@ use crate::traits::{
     CatalogStore, CustomerStore, KeyStore, ModelRegistry, OfferStore, PurchaseStore, RetrainLock,
 };
 use crate::types::{
-    ApiKeyRecord, CatalogItem, CustomerRecord, DeletionCounts, JobRecord, JobStart, KeyHash,
-    LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
-    PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome, from_millis,
-    normalize_time, to_millis,
+    ApiKeyRecord, CatalogItem, Consent, CustomerRecord, DeletionCounts, ErasureAudit, JobRecord,
+    JobStart, KeyHash, LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord,
+    Purchase, PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome,
+    from_millis, normalize_time, to_millis,
 };
 
 const BACKEND: &str = "sqlite";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 -> 2: consent per use (personalization, marketing) instead of one opt-out flag
+/// (an opted-out customer keeps neither), storefront keys, erasure audit records.
+const MIGRATE_V2: &str = r#"
+ALTER TABLE customers ADD COLUMN personalization INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE customers ADD COLUMN marketing INTEGER NOT NULL DEFAULT 1;
+UPDATE customers SET personalization = 1 - opt_out, marketing = 1 - opt_out;
+ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'server';
+ALTER TABLE api_keys ADD COLUMN signing_key TEXT;
+CREATE TABLE IF NOT EXISTS erasures (
+    tenant TEXT NOT NULL, audit_id TEXT NOT NULL, customer_hash TEXT NOT NULL,
+    actor TEXT NOT NULL, at_ms INTEGER NOT NULL, counts TEXT NOT NULL,
+    PRIMARY KEY (tenant, audit_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS erasures_by_time ON erasures (tenant, at_ms);
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -165,13 +180,17 @@ impl SqliteStore {
             )
             .optional()
             .map_err(sql_err("read schema version"))?;
-        match found {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+        match found.as_deref() {
+            None | Some("1") => {
+                let tx = conn.unchecked_transaction().map_err(sql_err("begin"))?;
+                tx.execute_batch(MIGRATE_V2)
+                    .map_err(sql_err("migrate schema to version 2"))?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?1)",
                     params![SCHEMA_VERSION.to_string()],
                 )
                 .map_err(sql_err("write schema version"))?;
+                tx.commit().map_err(sql_err("commit"))?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             Some(v) => {
@@ -297,7 +316,7 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
     })?;
     let mut set = BTreeSet::new();
     for s in scopes {
-        set.insert(dec(4, crate::types::Scope::from_str(&s))?);
+        set.extend(dec(4, crate::types::Scope::from_stored(&s))?);
     }
     Ok(ApiKeyRecord {
         hash: dec(0, KeyHash::from_hex(&r.get::<_, String>(0)?))?,
@@ -308,10 +327,13 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         label: r.get(5)?,
         created_at: ms(6, r.get(6)?)?,
         revoked: r.get(7)?,
+        kind: dec(8, crate::types::KeyKind::from_str(&r.get::<_, String>(8)?))?,
+        signing_key: r.get(9)?,
     })
 }
 
-const KEY_COLS: &str = "hash, tenant, key_id, prefix, scopes, label, created_at_ms, revoked";
+const KEY_COLS: &str =
+    "hash, tenant, key_id, prefix, scopes, label, created_at_ms, revoked, kind, signing_key";
 
 fn model_from_row(r: &Row<'_>) -> rusqlite::Result<ModelVersion> {
     Ok(ModelVersion {
@@ -651,14 +673,17 @@ impl CustomerStore for SqliteStore {
         let (t, c) = (tenant.to_string(), customer.clone());
         self.call("get_customer", move |conn| {
             conn.query_row(
-                "SELECT opt_out, tier_override, updated_at_ms FROM customers WHERE tenant = ?1 AND customer_id = ?2",
+                "SELECT personalization, marketing, tier_override, updated_at_ms FROM customers WHERE tenant = ?1 AND customer_id = ?2",
                 params![t, c.as_str()],
                 |r| {
                     Ok(CustomerRecord {
                         customer_id: c.clone(),
-                        opt_out: r.get(0)?,
-                        tier_override: r.get(1)?,
-                        updated_at: ms(2, r.get(2)?)?,
+                        consent: Consent {
+                            personalization: r.get(0)?,
+                            marketing: r.get(1)?,
+                        },
+                        tier_override: r.get(2)?,
+                        updated_at: ms(3, r.get(3)?)?,
                     })
                 },
             )
@@ -674,9 +699,18 @@ impl CustomerStore for SqliteStore {
         let r = record.clone();
         self.call("put_customer", move |conn| {
             conn.execute(
-                "INSERT OR REPLACE INTO customers (tenant, customer_id, opt_out, tier_override, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t, r.customer_id.as_str(), r.opt_out, r.tier_override, to_millis(r.updated_at)],
+                "INSERT OR REPLACE INTO customers
+                 (tenant, customer_id, opt_out, personalization, marketing, tier_override, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t,
+                    r.customer_id.as_str(),
+                    r.consent == Consent::NONE,
+                    r.consent.personalization,
+                    r.consent.marketing,
+                    r.tier_override,
+                    to_millis(r.updated_at)
+                ],
             )
             .map_err(sql_err("put_customer"))?;
             Ok(())
@@ -716,6 +750,65 @@ impl CustomerStore for SqliteStore {
                 customers: customers as u64,
                 offer_events: offer_events as u64,
             })
+        })
+        .await
+    }
+
+    async fn put_erasure_audit(&self, tenant: &TenantId, audit: &ErasureAudit) -> Result<()> {
+        audit.validate()?;
+        let (t, a) = (tenant.to_string(), audit.normalized());
+        self.call("put_erasure_audit", move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO erasures (tenant, audit_id, customer_hash, actor, at_ms, counts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    t,
+                    a.audit_id,
+                    a.customer_hash,
+                    a.actor,
+                    to_millis(a.at),
+                    to_json(&a.counts)?
+                ],
+            )
+            .map_err(sql_err("put_erasure_audit"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn erasures_since(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ErasureAudit>> {
+        let (t, since) = (tenant.to_string(), to_millis(since));
+        self.call("erasures_since", move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT audit_id, customer_hash, actor, at_ms, counts FROM erasures
+                     WHERE tenant = ?1 AND at_ms >= ?2 ORDER BY at_ms, audit_id",
+                )
+                .map_err(sql_err("erasures_since"))?;
+            let rows = st
+                .query_map(params![t, since], |r| {
+                    let counts: String = r.get(4)?;
+                    Ok(ErasureAudit {
+                        audit_id: r.get(0)?,
+                        customer_hash: r.get(1)?,
+                        actor: r.get(2)?,
+                        at: ms(3, r.get(3)?)?,
+                        counts: serde_json::from_str(&counts).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                4,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
+                    })
+                })
+                .map_err(sql_err("erasures_since"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql_err("erasures_since"))
         })
         .await
     }
@@ -910,7 +1003,7 @@ impl KeyStore for SqliteStore {
             let scopes: Vec<&str> = r.scopes.iter().map(|s| s.as_str()).collect();
             let res = conn.execute(
                 &format!(
-                    "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ),
                 params![
                     r.hash.to_hex(),
@@ -920,7 +1013,9 @@ impl KeyStore for SqliteStore {
                     to_json(&scopes)?,
                     r.label,
                     to_millis(r.created_at),
-                    r.revoked
+                    r.revoked,
+                    r.kind.as_str(),
+                    r.signing_key
                 ],
             );
             match res {
@@ -1356,5 +1451,63 @@ impl RetrainLock for SqliteStore {
             if n == 0 { Err(Error::not_found("job", j.job_id.to_string())) } else { Ok(()) }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Scope;
+
+    /// A database written by schema version 1 (one opt-out flag, the single `offers` scope)
+    /// opens as version 2 with the same meaning: opted out is neither consent, `offers` is
+    /// deciding and managing offers.
+    #[tokio::test]
+    async fn version_1_database_migrates_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', '1');
+                 INSERT INTO customers VALUES ('t', 'out', 1, NULL, 0);
+                 INSERT INTO customers VALUES ('t', 'in', 0, 'vip', 0);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO api_keys VALUES (?1, 't', 'abc', 'aff_abc', '[\"offers\",\"recommend\"]', NULL, 0, 0)",
+                params![KeyHash::of_secret("s").to_hex()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let t = TenantId::parse("t").unwrap();
+        let get = |c: &str| {
+            let (store, t, c) = (store.clone(), t.clone(), CustomerId::parse(c).unwrap());
+            async move { store.get_customer(&t, &c).await.unwrap().unwrap() }
+        };
+        assert_eq!(get("out").await.consent, Consent::NONE);
+        let kept = get("in").await;
+        assert_eq!(kept.consent, Consent::default());
+        assert_eq!(kept.tier_override.as_deref(), Some("vip"));
+        let key = store
+            .find_key(&KeyHash::of_secret("s"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            key.scopes,
+            BTreeSet::from([Scope::Recommend, Scope::OffersDecide, Scope::OffersManage])
+        );
+        assert_eq!(key.kind, crate::types::KeyKind::Server);
+        drop(store);
+        // Opening again finds version 2 and changes nothing.
+        let again = SqliteStore::open(&path).await.unwrap();
+        let c = CustomerId::parse("out").unwrap();
+        assert_eq!(
+            again.get_customer(&t, &c).await.unwrap().unwrap().consent,
+            Consent::NONE
+        );
     }
 }

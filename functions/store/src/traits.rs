@@ -13,9 +13,9 @@ use crate::ids::{
     BlobKey, CustomerId, ItemId, JobId, KeyId, ModelVersionId, OfferId, OrderId, TenantId,
 };
 use crate::types::{
-    ApiKeyRecord, BlobMeta, CatalogItem, CustomerRecord, DeletionCounts, JobRecord, JobStart,
-    KeyHash, LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
-    PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome,
+    ApiKeyRecord, BlobMeta, CatalogItem, CustomerRecord, DeletionCounts, ErasureAudit, JobRecord,
+    JobStart, KeyHash, LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord,
+    Purchase, PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome,
 };
 
 /// Purchase history: the training data and the fold-in input.
@@ -106,6 +106,17 @@ pub trait CustomerStore: Send + Sync {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<DeletionCounts>;
+
+    /// Stores the audit record of an erasure (idempotent by `audit_id`).
+    async fn put_erasure_audit(&self, tenant: &TenantId, audit: &ErasureAudit) -> Result<()>;
+
+    /// Erasure audit records at or after `since`, oldest first: what a job that read the
+    /// store before them must still drop.
+    async fn erasures_since(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ErasureAudit>>;
 }
 
 /// Offers and the events that measure their response.

@@ -291,13 +291,75 @@ impl CatalogItem {
     }
 }
 
+/// What a customer agreed to. A customer with no record has both (the shop records a
+/// withdrawal), as with the former opt-out flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Recommendations from their purchase history; without it they get popular items.
+    pub personalization: bool,
+    /// Offers, audiences and batch sends; without it they get no offer and are counted
+    /// nowhere.
+    pub marketing: bool,
+}
+
+impl Default for Consent {
+    fn default() -> Self {
+        Self {
+            personalization: true,
+            marketing: true,
+        }
+    }
+}
+
+impl Consent {
+    /// Neither use: what the former `opt_out` flag meant.
+    pub const NONE: Consent = Consent {
+        personalization: false,
+        marketing: false,
+    };
+}
+
+/// A record that a customer's data was erased: who asked and when, with a keyed hash of
+/// the customer id (never the id), so the erasure can be proven and later jobs can drop
+/// the customer from what they computed before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureAudit {
+    /// Unique id of the record (time-ordered).
+    pub audit_id: String,
+    /// Keyed hash (HMAC-SHA256, hex) of the customer id under the service's hashing key.
+    pub customer_hash: String,
+    /// Who asked: the API key id, or `cli:<user>` for the CLI.
+    pub actor: String,
+    /// When the erasure ran.
+    pub at: DateTime<Utc>,
+    /// What it removed.
+    pub counts: DeletionCounts,
+}
+
+impl ErasureAudit {
+    /// Checks lengths and the timestamp range.
+    pub fn validate(&self) -> Result<()> {
+        crate::ids::validate_id("audit_id", &self.audit_id, 64)?;
+        crate::ids::validate_id("customer_hash", &self.customer_hash, 128)?;
+        crate::ids::validate_id("actor", &self.actor, 160)?;
+        validate_time("at", self.at)
+    }
+
+    /// Copy with timestamps truncated to stored precision.
+    pub fn normalized(&self) -> Self {
+        let mut a = self.clone();
+        a.at = normalize_time(a.at);
+        a
+    }
+}
+
 /// Per-customer flags the shop controls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerRecord {
     /// Customer id.
     pub customer_id: CustomerId,
-    /// True if the customer opted out of personalization and offers.
-    pub opt_out: bool,
+    /// What the customer agreed to be used for.
+    pub consent: Consent,
     /// Manual value-tier override, if the shop sets one.
     pub tier_override: Option<String>,
     /// Last change.
@@ -454,51 +516,89 @@ impl OfferEvent {
     }
 }
 
-/// What an API key may do.
+/// What an API key may do. Each scope is named by what it allows, and one route needs
+/// exactly one scope (docs/api.md has the route x scope table, tested in full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Scope {
-    /// Read recommendations.
+    /// Similar items, baskets and customer recommendations.
     #[serde(rename = "recommend")]
     Recommend,
-    /// Read offers.
-    #[serde(rename = "offers")]
-    Offers,
-    /// Write purchases, items, offers, events.
+    /// A customer's insight profile (spend, RFM, tier, churn risk, CLV): kept apart from
+    /// `recommend` because it is personal data no storefront page needs.
+    #[serde(rename = "profiles-read")]
+    ProfilesRead,
+    /// Decide offers (one customer, batches, an item's audience) and record offer events.
+    #[serde(rename = "offers-decide")]
+    OffersDecide,
+    /// Create, change, pause and list offers; their reports and dry runs.
+    #[serde(rename = "offers-manage")]
+    OffersManage,
+    /// Write purchases and catalog items.
     #[serde(rename = "ingest")]
     Ingest,
-    /// Retrain, promote, roll back, manage keys.
+    /// Customers' data rights: consent and erasure.
+    #[serde(rename = "customers-manage")]
+    CustomersManage,
+    /// Retrain, inspect, promote and roll back models; read jobs and model reports.
     #[serde(rename = "models-admin")]
     ModelsAdmin,
 }
 
 impl Scope {
+    /// Every scope, in display order.
+    pub const ALL: [Scope; 7] = [
+        Scope::Recommend,
+        Scope::ProfilesRead,
+        Scope::OffersDecide,
+        Scope::OffersManage,
+        Scope::Ingest,
+        Scope::CustomersManage,
+        Scope::ModelsAdmin,
+    ];
+
     /// Stored string form.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Recommend => "recommend",
-            Scope::Offers => "offers",
+            Scope::ProfilesRead => "profiles-read",
+            Scope::OffersDecide => "offers-decide",
+            Scope::OffersManage => "offers-manage",
             Scope::Ingest => "ingest",
+            Scope::CustomersManage => "customers-manage",
             Scope::ModelsAdmin => "models-admin",
         }
     }
+
+    /// Reads a stored scope name, including the retired `offers` scope of keys created
+    /// before scopes were split: it allowed deciding and managing offers, so it reads as
+    /// both (it never reads as `profiles-read`).
+    pub fn from_stored(s: &str) -> Result<Vec<Scope>> {
+        if s == LEGACY_OFFERS_SCOPE {
+            return Ok(vec![Scope::OffersDecide, Scope::OffersManage]);
+        }
+        Ok(vec![s.parse()?])
+    }
 }
+
+/// The retired scope name that allowed deciding and managing offers alike.
+pub const LEGACY_OFFERS_SCOPE: &str = "offers";
 
 impl FromStr for Scope {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "recommend" => Ok(Self::Recommend),
-            "offers" => Ok(Self::Offers),
-            "ingest" => Ok(Self::Ingest),
-            "models-admin" => Ok(Self::ModelsAdmin),
-            other => Err(Error::invalid(
-                "scope",
-                format!(
-                    "{:?} is not one of recommend|offers|ingest|models-admin",
-                    truncate(other)
-                ),
-            )),
+        if let Some(scope) = Scope::ALL.into_iter().find(|x| x.as_str() == s) {
+            return Ok(scope);
         }
+        let names: Vec<&str> = Scope::ALL.iter().map(|x| x.as_str()).collect();
+        let hint = if s == LEGACY_OFFERS_SCOPE {
+            " (the `offers` scope was split into offers-decide and offers-manage)"
+        } else {
+            ""
+        };
+        Err(Error::invalid(
+            "scope",
+            format!("{:?} is not one of {}{hint}", truncate(s), names.join("|")),
+        ))
     }
 }
 
@@ -569,6 +669,8 @@ pub fn generate_api_key(
         label,
         created_at: normalize_time(now),
         revoked: false,
+        kind: KeyKind::Server,
+        signing_key: None,
     };
     record.validate()?;
     Ok(NewApiKey { secret, record })
@@ -593,6 +695,98 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     /// Revoked keys stay stored (audit) but authenticate nothing.
     pub revoked: bool,
+    /// Server key (a bearer secret) or storefront key (signs customer tokens).
+    pub kind: KeyKind,
+    /// A storefront key's HMAC key (hex), which the shop's server also holds to sign
+    /// customer tokens; the service must hold it to check them. None for server keys.
+    pub signing_key: Option<String>,
+}
+
+/// Where a key may live, which decides how it authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// On the shop's servers: the secret is the bearer token.
+    #[default]
+    Server,
+    /// Safe for browsers: never a bearer itself; the shop's server signs short-lived
+    /// tokens naming one customer with it, and only those tokens are presented.
+    Storefront,
+}
+
+impl KeyKind {
+    /// Stored string form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Server => "server",
+            KeyKind::Storefront => "storefront",
+        }
+    }
+}
+
+impl FromStr for KeyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "server" => Ok(Self::Server),
+            "storefront" => Ok(Self::Storefront),
+            other => Err(Error::invalid(
+                "kind",
+                format!("{:?} is not one of server|storefront", truncate(other)),
+            )),
+        }
+    }
+}
+
+/// The lookup hash of a storefront key: derived from its public id, so a token naming the
+/// key finds its record through the same hash index as a bearer key. Bearer
+/// authentication refuses storefront records, so knowing the id grants nothing.
+pub fn storefront_lookup_hash(key_id: &KeyId) -> KeyHash {
+    KeyHash::of_secret(&format!("storefront-key:{key_id}"))
+}
+
+/// A freshly generated storefront key: the signing secret is shown once, to be kept on the
+/// shop's server.
+#[derive(Debug, Clone)]
+pub struct NewStorefrontKey {
+    /// HMAC-SHA256 key (64 hex characters) the shop's server signs customer tokens with.
+    pub signing_secret: String,
+    /// The record to store.
+    pub record: ApiKeyRecord,
+}
+
+/// Generates a storefront key for a tenant: it answers recommendation routes only, and
+/// customer routes only for the customer a token names.
+pub fn generate_storefront_key(
+    tenant: &TenantId,
+    label: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<NewStorefrontKey> {
+    use rand::RngCore;
+    let mut id = [0u8; 6];
+    let mut secret = [0u8; 32];
+    let mut rng = rand::rng(); // ChaCha-based CSPRNG seeded from the OS
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    let key_id = KeyId::parse(hex::encode(id))?;
+    let signing_secret = hex::encode(secret);
+    let record = ApiKeyRecord {
+        hash: storefront_lookup_hash(&key_id),
+        prefix: format!("aft_{key_id}"),
+        key_id,
+        tenant: tenant.clone(),
+        scopes: BTreeSet::from([Scope::Recommend]),
+        label,
+        created_at: normalize_time(now),
+        revoked: false,
+        kind: KeyKind::Storefront,
+        signing_key: Some(signing_secret.clone()),
+    };
+    record.validate()?;
+    Ok(NewStorefrontKey {
+        signing_secret,
+        record,
+    })
 }
 
 impl ApiKeyRecord {
@@ -601,6 +795,20 @@ impl ApiKeyRecord {
         crate::ids::validate_id("prefix", &self.prefix, 64)?;
         if let Some(l) = &self.label {
             validate_text("label", l)?;
+        }
+        match (self.kind, &self.signing_key) {
+            (KeyKind::Server, None) => {}
+            (KeyKind::Storefront, Some(k))
+                if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+            (KeyKind::Server, Some(_)) => {
+                return Err(Error::invalid("signing_key", "a server key has none"));
+            }
+            (KeyKind::Storefront, _) => {
+                return Err(Error::invalid(
+                    "signing_key",
+                    "a storefront key needs 64 hex characters",
+                ));
+            }
         }
         validate_time("created_at", self.created_at)
     }
@@ -885,14 +1093,40 @@ mod tests {
     }
 
     #[test]
+    fn storefront_keys_hold_a_signing_key_and_only_recommend() {
+        let t = TenantId::default();
+        let k = generate_storefront_key(&t, None, Utc::now()).unwrap();
+        assert_eq!(k.record.kind, KeyKind::Storefront);
+        assert_eq!(k.record.scopes, BTreeSet::from([Scope::Recommend]));
+        assert_eq!(k.record.hash, storefront_lookup_hash(&k.record.key_id));
+        assert_eq!(
+            k.record.signing_key.as_deref(),
+            Some(k.signing_secret.as_str())
+        );
+        // A server record must not carry a signing key, a storefront one must.
+        let mut bad = k.record.clone();
+        bad.kind = KeyKind::Server;
+        assert!(bad.validate().is_err());
+        let mut bad = k.record.clone();
+        bad.signing_key = None;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn enums_round_trip_through_strings() {
-        for s in [
-            Scope::Recommend,
-            Scope::Offers,
-            Scope::Ingest,
-            Scope::ModelsAdmin,
-        ] {
+        for s in Scope::ALL {
             assert_eq!(s.as_str().parse::<Scope>().unwrap(), s);
+            assert_eq!(Scope::from_stored(s.as_str()).unwrap(), vec![s]);
+        }
+        // The retired `offers` scope is refused for new keys, read as both halves when stored.
+        let err = "offers".parse::<Scope>().unwrap_err().to_string();
+        assert!(err.contains("offers-decide"), "{err}");
+        assert_eq!(
+            Scope::from_stored("offers").unwrap(),
+            vec![Scope::OffersDecide, Scope::OffersManage]
+        );
+        for k in [KeyKind::Server, KeyKind::Storefront] {
+            assert_eq!(k.as_str().parse::<KeyKind>().unwrap(), k);
         }
         for s in [
             ModelStatus::Candidate,

@@ -57,7 +57,7 @@ pub struct CustomerQuery {
         (status = 200, description = "Items for the customer, best first; `personalized` is false when popularity answered (unknown or opted-out customer)", body = Recommendations),
         (status = 400, description = "Invalid id, k or filter", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the recommend scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the recommend scope, or a storefront token names another customer", body = ErrorBody),
         (status = 404, description = "Unknown category", body = ErrorBody),
         (status = 503, description = "No model trained yet", body = ErrorBody)
     )
@@ -68,9 +68,9 @@ async fn customer_recommendations(
     ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<CustomerQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(Scope::Recommend)?;
     let customer =
         CustomerId::parse(raw).map_err(|e| ApiError::field("customer_id", store_reason(e)))?;
+    caller.require_for(Scope::Recommend, &customer)?;
     let options = Options {
         k: q.k.map_or(DEFAULT_K, K::get),
         category: q.category,

@@ -22,6 +22,7 @@ use crate::crm::{self, CrmSnapshot, DueKey};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, batch_len, item_id, store_reason};
 use crate::loader::Serving;
+use crate::ratelimit::Expensive;
 use crate::state::AppState;
 
 /// Most customers in one batch call.
@@ -259,7 +260,7 @@ pub struct OffersQuery {
         (status = 200, description = "Best offers first", body = OffersAnswer),
         (status = 400, description = "Invalid id, channel or limit", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-decide scope, or is a storefront token", body = ErrorBody),
         (status = 503, description = "No model or customer insight yet", body = ErrorBody)
     )
 )]
@@ -269,7 +270,7 @@ async fn customer_offers(
     ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<OffersQuery>,
 ) -> Result<Json<OffersAnswer>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersDecide)?;
     let customer =
         CustomerId::parse(raw).map_err(|e| ApiError::field("customer_id", store_reason(e)))?;
     let channel = parse_channel(&q.channel)?;
@@ -343,8 +344,9 @@ pub struct BatchOut {
     responses(
         (status = 200, description = "One answer per customer", body = BatchOut),
         (status = 400, description = "Empty batch, more than 1,000 customers, invalid id, channel or limit", body = ErrorBody),
+        (status = 429, description = "Rate limit of this key reached; see Retry-After", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-decide scope, or is a storefront token", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape", body = ErrorBody),
         (status = 503, description = "No model or customer insight yet", body = ErrorBody)
     )
@@ -354,7 +356,8 @@ async fn batch_offers(
     caller: Caller,
     ApiJson(body): ApiJson<BatchIn>,
 ) -> Result<Json<BatchOut>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersDecide)?;
+    state.rate_limits.check(&caller, Expensive::BatchOffers)?;
     batch_len("customer_ids", body.customer_ids.len(), MAX_BATCH_CUSTOMERS)?;
     let ids: Vec<CustomerId> = body
         .customer_ids
@@ -384,17 +387,18 @@ async fn batch_offers(
     )
     .await?;
     let data = crm::read_customers(records, &caller.tenant, model, &snapshot, &ids).await?;
-    // Opted-out customers get nothing; the others are scored in parallel in one pass.
+    // Customers without marketing consent get nothing; the others are scored in parallel
+    // in one pass.
     let views: Vec<_> = data
         .iter()
-        .filter(|d| !d.opted_out)
+        .filter(|d| d.consent.marketing)
         .map(|d| d.view())
         .collect();
     let mut scored = engine.batch(&views, &request).into_iter();
     let titles = titles(&engine);
     let mut results = Vec::with_capacity(ids.len());
     for (id, d) in ids.iter().zip(&data) {
-        let offers = if d.opted_out {
+        let offers = if !d.consent.marketing {
             Vec::new()
         } else {
             scored.next().unwrap_or_default()
@@ -463,8 +467,9 @@ pub struct Audience {
     responses(
         (status = 200, description = "Likeliest buyers first", body = Audience),
         (status = 400, description = "Invalid id or limit", body = ErrorBody),
+        (status = 429, description = "Rate limit of this key reached; see Retry-After", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-decide scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "Item unknown to the live model", body = ErrorBody),
         (status = 503, description = "No model or customer insight yet", body = ErrorBody)
     )
@@ -475,7 +480,8 @@ async fn item_audience(
     ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<AudienceQuery>,
 ) -> Result<Json<Audience>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersDecide)?;
+    state.rate_limits.check(&caller, Expensive::Audience)?;
     let item = item_id("item_id", &raw)?;
     let n = limit(q.limit, 100, MAX_AUDIENCE)?;
     let (serving, snapshot) = insight(&state, &caller).await?;
@@ -526,6 +532,34 @@ pub struct RfmOut {
     pub code: String,
 }
 
+/// A customer's consent per use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentOut {
+    /// Recommendations from their purchase history (without it: popular items).
+    pub personalization: bool,
+    /// Offers, audiences and batch sends (without it: none).
+    pub marketing: bool,
+}
+
+impl From<affinity_store::Consent> for ConsentOut {
+    fn from(c: affinity_store::Consent) -> Self {
+        Self {
+            personalization: c.personalization,
+            marketing: c.marketing,
+        }
+    }
+}
+
+impl From<ConsentOut> for affinity_store::Consent {
+    fn from(c: ConsentOut) -> Self {
+        Self {
+            personalization: c.personalization,
+            marketing: c.marketing,
+        }
+    }
+}
+
 /// What the shop knows about one customer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProfileOut {
@@ -537,8 +571,8 @@ pub struct ProfileOut {
     pub observation_end: Option<DateTime<Utc>>,
     /// False for a customer with no purchase in the window (newcomer figures).
     pub known: bool,
-    /// Opted out of personalization and offers.
-    pub opted_out: bool,
+    /// What the customer consented to (`PUT /v1/customers/{customer_id}/consent`).
+    pub consent: ConsentOut,
     /// Days since the last purchase at observation end.
     pub days_since_last: f64,
     /// Repeat purchase periods (BG/NBD frequency).
@@ -579,7 +613,7 @@ pub struct ProfileOut {
         (status = 200, description = "The profile", body = ProfileOut),
         (status = 400, description = "Invalid id", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key has neither the recommend nor the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the profiles-read scope, or is a storefront token", body = ErrorBody),
         (status = 503, description = "No model or customer insight yet", body = ErrorBody)
     )
 )]
@@ -588,9 +622,7 @@ async fn customer_profile(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<ProfileOut>, ApiError> {
-    if caller.require(Scope::Recommend).is_err() {
-        caller.require(Scope::Offers)?;
-    }
+    caller.require(Scope::ProfilesRead)?;
     let customer =
         CustomerId::parse(raw).map_err(|e| ApiError::field("customer_id", store_reason(e)))?;
     let (serving, snapshot) = insight(&state, &caller).await?;
@@ -621,7 +653,7 @@ async fn customer_profile(
         model_version: serving.version.version.as_str().to_owned(),
         observation_end: DateTime::from_timestamp(snapshot.profiles.observation_end, 0),
         known,
-        opted_out: data.opted_out,
+        consent: data.consent.into(),
         days_since_last: p.days_since_last,
         frequency: p.frequency,
         total_spend: p.total_spend,

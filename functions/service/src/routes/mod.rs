@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
+pub mod customer_data;
 pub mod customers;
 pub mod docs;
 pub mod health;
@@ -45,6 +46,7 @@ pub const SECURITY: &str = "api_key";
         (name = "ingestion", description = "Purchases and catalog items"),
         (name = "models", description = "The live model, versions with their metrics, retraining, promotion, rollback and jobs"),
         (name = "offers", description = "Customer insight and next best offers"),
+        (name = "customers", description = "Customers' data rights: consent and erasure"),
         (name = "service", description = "Health and this document")
     )
 )]
@@ -69,6 +71,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(docs::routes())
         .merge(similar::routes())
         .merge(customers::routes())
+        .merge(customer_data::routes())
         .merge(ingest::routes())
         .merge(models::routes())
         .merge(offers::routes())

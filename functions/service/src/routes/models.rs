@@ -30,6 +30,7 @@ use utoipa_axum::routes;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, store_reason};
+use crate::ratelimit::Expensive;
 use crate::retrain::trigger::Mode;
 use crate::retrain::versions::{self, VersionView};
 use crate::retrain::{RetrainRequest, TrainParams, TuneRequest, new_job_id};
@@ -90,7 +91,7 @@ pub struct ModelInfo {
     pub params: serde_json::Value,
 }
 
-/// The model serving this tenant (any valid key may ask).
+/// The model serving this tenant (any server key may ask; storefront tokens may not).
 #[utoipa::path(
     get,
     path = "/v1/models/live",
@@ -99,6 +100,7 @@ pub struct ModelInfo {
     responses(
         (status = 200, description = "The live model", body = ModelInfo),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 403, description = "A storefront token (server keys only)", body = ErrorBody),
         (status = 503, description = "No model trained yet", body = ErrorBody)
     )
 )]
@@ -106,6 +108,7 @@ async fn live_model(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require_server_key()?;
     let serving = state.models.get(&caller.tenant).await?;
     let m = &serving.model.manifest;
     let v = &serving.version;
@@ -209,7 +212,7 @@ pub struct RetrainAccepted {
             headers(("Location" = String, description = "/v1/jobs/{job_id}"))),
         (status = 400, description = "Invalid parameters, budget or job id", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody),
         (status = 409, description = "A retrain of this tenant is already running (known at once when it runs in this process)", body = ErrorBody),
         (status = 422, description = "Body does not fit the schema", body = ErrorBody),
         (status = 503, description = "The retrain function could not be invoked", body = ErrorBody)
@@ -341,7 +344,7 @@ pub struct ListQuery {
         (status = 200, description = "The registry", body = VersionList),
         (status = 400, description = "Invalid limit", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody)
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody)
     )
 )]
 async fn list_models(
@@ -383,7 +386,7 @@ fn version_id(raw: String) -> Result<ModelVersionId, ApiError> {
         (status = 200, description = "The version", body = VersionInfo),
         (status = 400, description = "Invalid version id", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody)
     )
 )]
@@ -413,8 +416,9 @@ async fn show_model(
     responses(
         (status = 200, description = "The report page", content_type = "text/html; charset=utf-8", body = String),
         (status = 400, description = "Invalid version id", body = ErrorBody),
+        (status = 429, description = "Rate limit of this key reached; see Retry-After", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody)
     )
 )]
@@ -424,6 +428,7 @@ async fn model_report(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::ModelsAdmin)?;
+    state.rate_limits.check(&caller, Expensive::Reports)?;
     let version = version_id(raw)?;
     let report = crate::report::build(&state.stores, &caller.tenant, Some(&version)).await?;
     Ok((
@@ -479,7 +484,7 @@ fn served_now(state: &AppState, tenant: &TenantId) {
         (status = 200, description = "The new live pointer", body = PointerInfo),
         (status = 400, description = "Invalid version id", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody),
         (status = 409, description = "Rejected by the gate (use force), or the pointer moved meanwhile", body = ErrorBody),
         (status = 422, description = "Body does not fit the schema", body = ErrorBody)
@@ -509,7 +514,7 @@ async fn promote_model(
     responses(
         (status = 200, description = "The new live pointer", body = PointerInfo),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody),
         (status = 409, description = "Nothing to roll back to, or the pointer moved meanwhile", body = ErrorBody)
     )
 )]
@@ -564,7 +569,7 @@ impl From<JobRecord> for JobInfo {
         (status = 200, description = "The job", body = JobInfo),
         (status = 400, description = "Invalid job id", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the models-admin scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the models-admin scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody)
     )
 )]

@@ -26,6 +26,7 @@ use crate::auth::Caller;
 use crate::crm;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, batch_len, store_reason};
+use crate::ratelimit::Expensive;
 use crate::routes::ingest::{BatchResult, RowResult, parse_rows};
 use crate::routes::insight::{insight, parse_channel};
 use crate::state::AppState;
@@ -136,7 +137,7 @@ fn check_document(id: &str, document: &serde_json::Value) -> Result<Offer, ApiEr
         (status = 201, description = "Created", body = OfferOut),
         (status = 400, description = "Invalid offer; the message names the field", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-manage scope, or is a storefront token", body = ErrorBody),
         (status = 409, description = "An offer with this id exists", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape", body = ErrorBody)
     )
@@ -146,7 +147,7 @@ async fn create_offer(
     caller: Caller,
     ApiJson(body): ApiJson<NewOffer>,
 ) -> Result<(StatusCode, Json<OfferOut>), ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersManage)?;
     let id = parse_offer_id(&body.offer_id)?;
     let status = parse_status(body.status.as_deref(), OfferStatus::Active)?;
     check_document(id.as_str(), &body.document)?;
@@ -195,14 +196,14 @@ async fn write_offer(
     responses(
         (status = 200, description = "Offers sorted by id", body = OfferList),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody)
+        (status = 403, description = "Key lacks the offers-manage scope, or is a storefront token", body = ErrorBody)
     )
 )]
 async fn list_offers(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<OfferList>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersManage)?;
     let offers = state.stores.records.list_offers(&caller.tenant).await?;
     Ok(Json(OfferList {
         offers: offers.into_iter().map(OfferOut::from).collect(),
@@ -229,7 +230,7 @@ async fn read_offer(state: &AppState, caller: &Caller, raw: &str) -> Result<Offe
     responses(
         (status = 200, description = "The offer", body = OfferOut),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-manage scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "Unknown offer", body = ErrorBody)
     )
 )]
@@ -238,7 +239,7 @@ async fn get_offer(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<OfferOut>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersManage)?;
     Ok(Json(read_offer(&state, &caller, &raw).await?.into()))
 }
 
@@ -254,7 +255,7 @@ async fn get_offer(
         (status = 200, description = "The offer as stored", body = OfferOut),
         (status = 400, description = "Invalid offer; the message names the field", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-manage scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "Unknown offer", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape", body = ErrorBody)
     )
@@ -265,7 +266,7 @@ async fn update_offer(
     ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<OfferUpdate>,
 ) -> Result<Json<OfferOut>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersManage)?;
     let current = read_offer(&state, &caller, &raw).await?;
     let status = parse_status(body.status.as_deref(), current.status)?;
     let document = body.document.unwrap_or(current.document);
@@ -327,7 +328,7 @@ pub struct EventBatch {
         (status = 200, description = "One result per event", body = BatchResult),
         (status = 400, description = "Empty or oversized batch, bad JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-decide scope, or is a storefront token", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape", body = ErrorBody)
     )
 )]
@@ -336,7 +337,7 @@ async fn record_events(
     caller: Caller,
     ApiJson(batch): ApiJson<EventBatch>,
 ) -> Result<Json<BatchResult>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersDecide)?;
     batch_len("events", batch.events.len(), state.limits.max_batch)?;
     let now = Utc::now();
     let records = state.stores.records.as_ref();
@@ -446,8 +447,9 @@ pub struct OfferReport {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Response counts", body = OfferReport),
+        (status = 429, description = "Rate limit of this key reached; see Retry-After", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-manage scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "Unknown offer", body = ErrorBody),
         (status = 503, description = "No model or customer insight yet", body = ErrorBody)
     )
@@ -457,7 +459,8 @@ async fn offer_report(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<OfferReport>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersManage)?;
+    state.rate_limits.check(&caller, Expensive::Reports)?;
     let record = read_offer(&state, &caller, &raw).await?;
     let (serving, snapshot) = insight(&state, &caller).await?;
     let events = state
@@ -523,8 +526,9 @@ pub struct DryRunOut {
     responses(
         (status = 200, description = "Counts", body = DryRunOut),
         (status = 400, description = "Neither or both of offer_id and document, invalid document", body = ErrorBody),
+        (status = 429, description = "Rate limit of this key reached; see Retry-After", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
-        (status = 403, description = "Key lacks the offers scope", body = ErrorBody),
+        (status = 403, description = "Key lacks the offers-manage scope, or is a storefront token", body = ErrorBody),
         (status = 404, description = "Unknown offer", body = ErrorBody),
         (status = 503, description = "No model or customer insight yet", body = ErrorBody)
     )
@@ -534,7 +538,8 @@ async fn dry_run(
     caller: Caller,
     ApiJson(body): ApiJson<DryRunIn>,
 ) -> Result<Json<DryRunOut>, ApiError> {
-    caller.require(Scope::Offers)?;
+    caller.require(Scope::OffersManage)?;
+    state.rate_limits.check(&caller, Expensive::DryRun)?;
     let channel = parse_channel(body.channel.as_deref().unwrap_or("email"))?;
     let at = body.at.unwrap_or_else(Utc::now);
     let offer = match (&body.offer_id, &body.document) {

@@ -9,7 +9,7 @@ use affinity_service::routes;
 use affinity_service::settings::Settings;
 use affinity_service::state::AppState;
 use affinity_service::training;
-use affinity_store::{Scope, Stores, TenantId, generate_api_key};
+use affinity_store::{KeyId, Scope, Stores, TenantId, generate_api_key};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -29,6 +29,12 @@ pub struct Keys {
     pub revoked: String,
     /// Every scope, but for another tenant (which has no model).
     pub other_tenant: String,
+    /// One key per scope, holding only that scope.
+    pub by_scope: Vec<(Scope, String)>,
+    /// A storefront key of the tenant: its id and signing secret.
+    pub storefront: (KeyId, String),
+    /// A storefront key of the other tenant: its id and signing secret.
+    pub other_storefront: (KeyId, String),
 }
 
 /// The application under test.
@@ -75,6 +81,25 @@ pub async fn train_and_publish(stores: &Stores, tenant: &TenantId, version: &str
     .unwrap();
 }
 
+async fn storefront_key(stores: &Stores, tenant: &TenantId) -> (KeyId, String) {
+    let k = affinity_store::generate_storefront_key(tenant, None, Utc::now()).unwrap();
+    stores.records.create_key(&k.record).await.unwrap();
+    (k.record.key_id, k.signing_secret)
+}
+
+/// A storefront token of the fixture's tenant for `customer`, expiring `ttl` seconds from now.
+pub fn token(app: &App, customer: &str, ttl: i64) -> String {
+    let (key_id, secret) = &app.keys.storefront;
+    affinity_service::auth::StorefrontToken::sign(
+        &app.tenant,
+        key_id,
+        secret,
+        &affinity_store::CustomerId::parse(customer).unwrap(),
+        Utc::now().timestamp() + ttl,
+    )
+    .unwrap()
+}
+
 async fn key(
     stores: &Stores,
     tenant: &TenantId,
@@ -104,13 +129,13 @@ impl App {
             .await
             .unwrap();
         train_and_publish(&stores, &tenant, "v1").await;
-        let all = [
-            Scope::Recommend,
-            Scope::Offers,
-            Scope::Ingest,
-            Scope::ModelsAdmin,
-        ];
+        let all = Scope::ALL;
         let (all_key, _) = key(&stores, &tenant, &all).await;
+        let mut by_scope = Vec::new();
+        for scope in Scope::ALL {
+            by_scope.push((scope, key(&stores, &tenant, &[scope]).await.0));
+        }
+        let storefront = storefront_key(&stores, &tenant).await;
         let (recommend, _) = key(&stores, &tenant, &[Scope::Recommend]).await;
         let (ingest, _) = key(&stores, &tenant, &[Scope::Ingest]).await;
         let (revoked, revoked_id) = key(&stores, &tenant, &all).await;
@@ -121,6 +146,7 @@ impl App {
             .unwrap();
         let other = TenantId::parse("other-shop").unwrap();
         let (other_tenant, _) = key(&stores, &other, &all).await;
+        let other_storefront = storefront_key(&stores, &other).await;
         let state = adjust(AppState::new(stores.clone(), &settings));
         Self {
             router: routes::router(state),
@@ -133,6 +159,9 @@ impl App {
                 ingest,
                 revoked,
                 other_tenant,
+                by_scope,
+                storefront,
+                other_storefront,
             },
         }
     }
@@ -162,11 +191,18 @@ impl App {
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let res = self.router.clone().oneshot(req).await.unwrap();
         let status = res.status();
+        let html = res
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
         let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
             .await
             .unwrap();
         let json = if bytes.is_empty() {
             Value::Null
+        } else if html && status.is_success() {
+            // The model report page: its text, for tests that read it.
+            Value::String(String::from_utf8_lossy(&bytes).into_owned())
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 panic!(

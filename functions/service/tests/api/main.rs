@@ -10,5 +10,7 @@ mod loader;
 mod models;
 mod offers;
 mod openapi;
+mod privacy;
 mod report;
 mod routes;
+mod scopes;

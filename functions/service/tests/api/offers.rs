@@ -419,11 +419,28 @@ async fn audience_and_profile_answer_from_the_live_model() {
     let (s, p) = app.get("/v1/customers/brand-new/profile").await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["known"], false);
-    // The recommend scope may read profiles but not offers.
+    // The recommend scope (a storefront's) reads neither profiles nor offers: the profile
+    // has a scope of its own.
     let k = app.keys.recommend.clone();
     let c = app.shop.example_customer.clone();
-    let (s, _) = app
+    let (s, b) = app
         .call("GET", &format!("/v1/customers/{c}/profile"), Some(&k), None)
+        .await;
+    assert_eq!(error_code(s, &b), "insufficient_scope");
+    let profiles = app
+        .keys
+        .by_scope
+        .iter()
+        .find(|(scope, _)| *scope == affinity_store::Scope::ProfilesRead)
+        .map(|(_, k)| k.clone())
+        .unwrap();
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/v1/customers/{c}/profile"),
+            Some(&profiles),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let (s, b) = app

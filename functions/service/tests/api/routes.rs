@@ -406,14 +406,18 @@ async fn customer_recommendations_fold_in_the_current_history() {
     assert!(!ids(&b).contains(&bought_now));
     assert_eq!(b["items"][0]["reason"]["because_of"], bought_now.as_str());
 
-    // Opted out: no personal answer even with a history.
+    // Without personalization consent (marketing still granted): no personal answer even
+    // with a history.
     app.stores
         .records
         .put_customer(
             &app.tenant,
             &CustomerRecord {
                 customer_id: cid.clone(),
-                opt_out: true,
+                consent: affinity_store::Consent {
+                    personalization: false,
+                    marketing: true,
+                },
                 tier_override: None,
                 updated_at: chrono::Utc::now(),
             },

@@ -16,8 +16,8 @@ use crate::ids::{
     ModelVersionId, OfferId, OrderId, RecommendationId, TenantId,
 };
 use crate::types::{
-    ApiKeyRecord, CatalogItem, CustomerRecord, JobRecord, KeyHash, LivePointer, ModelVersion,
-    OfferEvent, OfferRecord, Purchase, Scope, from_millis, to_millis,
+    ApiKeyRecord, CatalogItem, Consent, CustomerRecord, ErasureAudit, JobRecord, KeyHash, KeyKind,
+    LivePointer, ModelVersion, OfferEvent, OfferRecord, Purchase, Scope, from_millis, to_millis,
 };
 
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
@@ -78,6 +78,13 @@ fn get_bool(item: &Item, k: &str) -> Result<bool> {
         Some(AttributeValue::Bool(b)) => Ok(*b),
         Some(_) => Err(corrupt(k, "not a bool")),
         None => Err(corrupt(k, "missing")),
+    }
+}
+
+fn opt_bool(item: &Item, k: &str) -> Result<Option<bool>> {
+    match item.get(k) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(_) => get_bool(item, k).map(Some),
     }
 }
 
@@ -218,7 +225,20 @@ pub(crate) fn customer_key(tenant: &TenantId, c: &CustomerId) -> Item {
 
 pub(crate) fn customer_item(tenant: &TenantId, c: &CustomerRecord) -> Item {
     let mut item = customer_key(tenant, &c.customer_id);
-    item.insert("opt_out".into(), AttributeValue::Bool(c.opt_out));
+    // `opt_out` is still written (true when neither use is consented) so an older reader
+    // keeps its meaning.
+    item.insert(
+        "opt_out".into(),
+        AttributeValue::Bool(c.consent == Consent::NONE),
+    );
+    item.insert(
+        "personalization".into(),
+        AttributeValue::Bool(c.consent.personalization),
+    );
+    item.insert(
+        "marketing".into(),
+        AttributeValue::Bool(c.consent.marketing),
+    );
     put_opt(&mut item, "tier_override", c.tier_override.clone());
     item.insert("updated_at".into(), n(to_millis(c.updated_at)));
     item
@@ -227,7 +247,14 @@ pub(crate) fn customer_item(tenant: &TenantId, c: &CustomerRecord) -> Item {
 pub(crate) fn customer_from(item: &Item) -> Result<CustomerRecord> {
     Ok(CustomerRecord {
         customer_id: parse("customer_id", CustomerId::parse(get_s(item, SK)?))?,
-        opt_out: get_bool(item, "opt_out")?,
+        consent: {
+            // Rows written before consent per use hold only `opt_out`.
+            let opted_in = !get_bool(item, "opt_out")?;
+            Consent {
+                personalization: opt_bool(item, "personalization")?.unwrap_or(opted_in),
+                marketing: opt_bool(item, "marketing")?.unwrap_or(opted_in),
+            }
+        },
         tier_override: opt_s(item, "tier_override")?.map(str::to_string),
         updated_at: get_time(item, "updated_at")?,
     })
@@ -325,6 +352,8 @@ pub(crate) fn api_key_item(k: &ApiKeyRecord) -> Result<Item> {
     put_opt(&mut item, "label", k.label.clone());
     item.insert("created_at".into(), n(to_millis(k.created_at)));
     item.insert("revoked".into(), AttributeValue::Bool(k.revoked));
+    item.insert("kind".into(), s(k.kind.as_str()));
+    put_opt(&mut item, "signing_key", k.signing_key.clone());
     Ok(item)
 }
 
@@ -333,8 +362,11 @@ pub(crate) fn api_key_from(item: &Item) -> Result<ApiKeyRecord> {
         serde_json::from_str(get_s(item, "scopes")?).map_err(|e| corrupt("scopes", e))?;
     let scopes = scopes
         .iter()
-        .map(|s| parse("scopes", Scope::from_str(s)))
-        .collect::<Result<BTreeSet<_>>>()?;
+        .map(|s| parse("scopes", Scope::from_stored(s)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect::<BTreeSet<_>>();
     Ok(ApiKeyRecord {
         key_id: parse(KEY_ID, KeyId::parse(get_s(item, KEY_ID)?))?,
         tenant: parse(TENANT, TenantId::parse(get_s(item, TENANT)?))?,
@@ -344,6 +376,11 @@ pub(crate) fn api_key_from(item: &Item) -> Result<ApiKeyRecord> {
         label: opt_s(item, "label")?.map(str::to_string),
         created_at: get_time(item, "created_at")?,
         revoked: get_bool(item, "revoked")?,
+        kind: match opt_s(item, "kind")? {
+            Some(k) => parse("kind", KeyKind::from_str(k))?,
+            None => KeyKind::Server,
+        },
+        signing_key: opt_s(item, "signing_key")?.map(str::to_string),
     })
 }
 
@@ -447,6 +484,34 @@ pub(crate) fn job_item(tenant: &TenantId, j: &JobRecord) -> Item {
         n(j.started_at.timestamp() + JOB_TTL_SECS),
     );
     item
+}
+
+/// Erasure audit rows sort by time under the tenant's control partition.
+pub(crate) const ERASURE_SK_PREFIX: &str = "erasure#";
+
+pub(crate) fn erasure_sk_at(at: DateTime<Utc>) -> String {
+    format!("{ERASURE_SK_PREFIX}{:015}", to_millis(at).max(0))
+}
+
+pub(crate) fn erasure_item(tenant: &TenantId, a: &ErasureAudit) -> Result<Item> {
+    let sk = format!("{}#{}", erasure_sk_at(a.at), a.audit_id);
+    let mut item = control_key(tenant, &sk);
+    item.insert("audit_id".into(), s(&a.audit_id));
+    item.insert("customer_hash".into(), s(&a.customer_hash));
+    item.insert("actor".into(), s(&a.actor));
+    item.insert("at".into(), n(to_millis(a.at)));
+    item.insert("counts".into(), s(json_str(&a.counts)?));
+    Ok(item)
+}
+
+pub(crate) fn erasure_from(item: &Item) -> Result<ErasureAudit> {
+    Ok(ErasureAudit {
+        audit_id: get_s(item, "audit_id")?.to_string(),
+        customer_hash: get_s(item, "customer_hash")?.to_string(),
+        actor: get_s(item, "actor")?.to_string(),
+        at: get_time(item, "at")?,
+        counts: serde_json::from_str(get_s(item, "counts")?).map_err(|e| corrupt("counts", e))?,
+    })
 }
 
 pub(crate) fn job_from(item: &Item) -> Result<JobRecord> {

@@ -21,8 +21,8 @@ use crate::traits::{
     CatalogStore, CustomerStore, KeyStore, ModelRegistry, OfferStore, PurchaseStore, RetrainLock,
 };
 use crate::types::{
-    ApiKeyRecord, CatalogItem, CustomerRecord, DeletionCounts, JobRecord, JobStart, KeyHash,
-    LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
+    ApiKeyRecord, CatalogItem, CustomerRecord, DeletionCounts, ErasureAudit, JobRecord, JobStart,
+    KeyHash, LivePointer, LockLease, ModelStatus, ModelVersion, OfferEvent, OfferRecord, Purchase,
     PurchaseRow, PurchaseScan, PurchaseSink, UpsertOutcome, Watermark, WriteOutcome,
     normalize_time, to_millis,
 };
@@ -556,6 +556,52 @@ impl CustomerStore for DynamoStore {
             customers: u64::from(customer_deleted),
             offer_events: events.len() as u64,
         })
+    }
+
+    async fn put_erasure_audit(&self, tenant: &TenantId, audit: &ErasureAudit) -> Result<()> {
+        audit.validate()?;
+        self.inner
+            .put_if(
+                TableId::Control,
+                codec::erasure_item(tenant, &audit.normalized())?,
+                None,
+                None,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn erasures_since(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ErasureAudit>> {
+        let items = self
+            .inner
+            .query(Query {
+                table: TableId::Control,
+                index: None,
+                key_condition: "#pk = :pk AND #sk BETWEEN :from AND :to",
+                names: names(&[("#pk", PK), ("#sk", SK)]),
+                values: values(vec![
+                    (":pk", s(tenant.as_str())),
+                    (":from", s(codec::erasure_sk_at(since))),
+                    // '$' sorts right after '#', so this bounds every erasure row.
+                    (
+                        ":to",
+                        s(format!(
+                            "{}$",
+                            codec::ERASURE_SK_PREFIX.trim_end_matches('#')
+                        )),
+                    ),
+                ]),
+                forward: true,
+                limit: None,
+                consistent: true,
+            })
+            .await?;
+        items.iter().map(codec::erasure_from).collect()
     }
 }
 

@@ -442,14 +442,17 @@ pub async fn customer_flags_and_privacy_deletion(h: &Harness) {
     assert!(s.get_customer(t, &c1).await.unwrap().is_none());
     let rec = CustomerRecord {
         customer_id: c1.clone(),
-        opt_out: true,
+        consent: Consent::NONE,
         tier_override: Some("vip".into()),
         updated_at: t0(),
     };
     s.put_customer(t, &rec).await.unwrap();
     assert_eq!(s.get_customer(t, &c1).await.unwrap().unwrap(), rec);
     let rec2 = CustomerRecord {
-        opt_out: false,
+        consent: Consent {
+            personalization: false,
+            marketing: true,
+        },
         tier_override: None,
         ..rec.clone()
     };
@@ -521,6 +524,28 @@ pub async fn customer_flags_and_privacy_deletion(h: &Harness) {
         s.delete_customer_data(t, &c1).await.unwrap(),
         DeletionCounts::default()
     );
+
+    // Erasure audit records: stored once per id, listed oldest first from a time on.
+    let audit = |id: &str, minutes: i64| ErasureAudit {
+        audit_id: id.into(),
+        customer_hash: "ab".repeat(32),
+        actor: "key:k1".into(),
+        at: t0() + chrono::Duration::minutes(minutes),
+        counts,
+    };
+    assert!(s.erasures_since(t, t0()).await.unwrap().is_empty());
+    s.put_erasure_audit(t, &audit("a2", 10)).await.unwrap();
+    s.put_erasure_audit(t, &audit("a1", 5)).await.unwrap();
+    s.put_erasure_audit(t, &audit("a1", 5)).await.unwrap();
+    let all = s.erasures_since(t, t0()).await.unwrap();
+    assert_eq!(all, vec![audit("a1", 5), audit("a2", 10)]);
+    let later = s
+        .erasures_since(t, t0() + chrono::Duration::minutes(6))
+        .await
+        .unwrap();
+    assert_eq!(later, vec![audit("a2", 10)]);
+    let other = TenantId::parse("other-tenant").unwrap();
+    assert!(s.erasures_since(&other, t0()).await.unwrap().is_empty());
 }
 
 pub async fn offers_and_offer_events(h: &Harness) {
@@ -642,7 +667,7 @@ pub async fn api_keys_hashed_lookup_revoke_list(h: &Harness) {
     .unwrap();
     let other = generate_api_key(
         &tenant("other"),
-        BTreeSet::from([Scope::Offers]),
+        BTreeSet::from([Scope::OffersDecide, Scope::ProfilesRead]),
         None,
         t0(),
     )
@@ -688,6 +713,24 @@ pub async fn api_keys_hashed_lookup_revoke_list(h: &Harness) {
             .unwrap_err()
             .is_not_found()
     );
+
+    // A storefront key is found by the hash derived from its public id, with its signing
+    // key; it is listed beside the server keys.
+    let sf = generate_storefront_key(t, Some("web".into()), t0() + chrono::Duration::seconds(2))
+        .unwrap();
+    s.create_key(&sf.record).await.unwrap();
+    let found = s
+        .find_key(&storefront_lookup_hash(&sf.record.key_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.kind, KeyKind::Storefront);
+    assert_eq!(
+        found.signing_key.as_deref(),
+        Some(sf.signing_secret.as_str())
+    );
+    assert_eq!(found, sf.record);
+    assert_eq!(s.list_keys(t).await.unwrap().len(), 3);
 }
 
 pub async fn model_registry_and_live_pointer_cas(h: &Harness) {

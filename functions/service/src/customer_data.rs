@@ -1,0 +1,163 @@
+//! Customers' data rights: erasure and consent, shared by the HTTP routes and the CLI.
+//!
+//! Erasure removes a customer from every place Affinity keeps them: purchases, offer
+//! events and flags in the record store, and their profile in every stored customer-insight
+//! snapshot (`crm/*.json`, one per model version), which is rewritten without it. Model
+//! artifacts hold no customer ids (item factors and item statistics only). An audit record
+//! keeps who asked, when, what was removed and a keyed hash of the id, never the id.
+
+use affinity_store::{
+    Consent, CustomerId, CustomerRecord, DeletionCounts, ErasureAudit, Stores, TenantId,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::crm::{CrmSnapshot, SNAPSHOT_PREFIX};
+use crate::error::{Context, Error, Result};
+use crate::telemetry::CustomerHasher;
+
+/// What an erasure removed, per kind; all zero when the customer was already unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Erasure {
+    /// Purchase lines deleted.
+    pub purchases: u64,
+    /// Offer events deleted.
+    pub offer_events: u64,
+    /// Customer records (consent and flags) deleted: 0 or 1.
+    pub customer_records: u64,
+    /// Stored customer-insight snapshots (one per model version) the customer was removed
+    /// from.
+    pub insight_snapshots: u64,
+    /// Id of the audit record written for this request.
+    pub audit_id: String,
+}
+
+impl Erasure {
+    /// True when nothing was left to remove (a repeated request).
+    pub fn is_empty(&self) -> bool {
+        self.purchases == 0
+            && self.offer_events == 0
+            && self.customer_records == 0
+            && self.insight_snapshots == 0
+    }
+}
+
+/// Erases one customer of `tenant` on behalf of `actor` (a key id or `cli:<user>`):
+/// store rows first, then every stored insight snapshot, then this instance's loaded
+/// insight; an audit record last. Idempotent: a repeat removes nothing and says so.
+///
+/// A serving process must also drop its loaded insight of the tenant
+/// ([`crate::loader::ModelCache::forget_insight`]); other instances see the rewritten
+/// snapshot at their next pointer check.
+pub async fn erase_customer(
+    stores: &Stores,
+    hasher: &CustomerHasher,
+    tenant: &TenantId,
+    customer: &CustomerId,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Erasure> {
+    let counts: DeletionCounts = stores
+        .records
+        .delete_customer_data(tenant, customer)
+        .await
+        .step("delete the customer's records")?;
+    let snapshots = erase_from_snapshots(stores, tenant, customer).await?;
+    let audit = ErasureAudit {
+        audit_id: format!(
+            "er_{:015}_{}",
+            now.timestamp_millis().max(0),
+            uuid::Uuid::new_v4().simple()
+        ),
+        customer_hash: hasher.full(customer.as_str()),
+        actor: actor.to_owned(),
+        at: now,
+        counts,
+    };
+    stores
+        .records
+        .put_erasure_audit(tenant, &audit)
+        .await
+        .step("write the erasure audit record")?;
+    tracing::info!(
+        tenant = %tenant,
+        customer = %hasher.tag(customer.as_str()),
+        purchases = counts.purchases,
+        offer_events = counts.offer_events,
+        insight_snapshots = snapshots,
+        audit_id = %audit.audit_id,
+        "customer erased"
+    );
+    Ok(Erasure {
+        purchases: counts.purchases,
+        offer_events: counts.offer_events,
+        customer_records: counts.customers,
+        insight_snapshots: snapshots,
+        audit_id: audit.audit_id,
+    })
+}
+
+/// Rewrites every stored insight snapshot that holds the customer without them; returns
+/// how many were rewritten.
+async fn erase_from_snapshots(
+    stores: &Stores,
+    tenant: &TenantId,
+    customer: &CustomerId,
+) -> Result<u64> {
+    let blobs = &stores.blobs;
+    let stored = blobs
+        .list(tenant, SNAPSHOT_PREFIX)
+        .await
+        .step("list customer-insight snapshots")?;
+    let mut rewritten = 0;
+    for meta in stored {
+        let bytes = match blobs.get(tenant, &meta.key).await {
+            Ok(b) => b,
+            // Deleted meanwhile (a pruned version): nothing to erase there.
+            Err(affinity_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e).step("read a customer-insight snapshot"),
+        };
+        let mut snapshot: CrmSnapshot = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::runtime("decode a customer-insight snapshot", e))?;
+        if !snapshot.remove_customer(customer.as_str()) {
+            continue;
+        }
+        let bytes = serde_json::to_vec(&snapshot)
+            .map_err(|e| Error::runtime("encode a customer-insight snapshot", e))?;
+        blobs
+            .put(tenant, &meta.key, bytes)
+            .await
+            .step("rewrite a customer-insight snapshot")?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}
+
+/// Records what a customer consents to; the next request for them obeys it. Keeps a tier
+/// override the shop set.
+pub async fn set_consent(
+    stores: &Stores,
+    tenant: &TenantId,
+    customer: &CustomerId,
+    consent: Consent,
+    now: DateTime<Utc>,
+) -> Result<CustomerRecord> {
+    let records = &stores.records;
+    let existing = records
+        .get_customer(tenant, customer)
+        .await
+        .step("read the customer's flags")?;
+    let record = CustomerRecord {
+        customer_id: customer.clone(),
+        consent,
+        tier_override: existing.and_then(|c| c.tier_override),
+        updated_at: now,
+    };
+    records
+        .put_customer(tenant, &record)
+        .await
+        .step("write the customer's consent")?;
+    Ok(record)
+}
