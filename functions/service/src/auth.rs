@@ -244,7 +244,8 @@ impl KeyCache {
         {
             return Err(ApiError::InvalidKey);
         }
-        if secret.starts_with(TOKEN_VERSION) && secret.contains('.') {
+        // Server keys start `aff_`; anything starting `aft` is read as a storefront token.
+        if secret.starts_with("aft") {
             let token = StorefrontToken::parse(secret)?;
             let record = self
                 .record(keys, &storefront_lookup_hash(&token.key_id))

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::fixture::{App, error_code};
 
-struct Case {
+pub(crate) struct Case {
     name: String,
     method: &'static str,
     uri: String,
@@ -18,7 +18,7 @@ struct Case {
     code: &'static str,
 }
 
-fn case(
+pub(crate) fn case(
     name: impl Into<String>,
     method: &'static str,
     uri: impl Into<String>,
@@ -37,7 +37,7 @@ fn case(
 }
 
 impl Case {
-    fn key(mut self, k: &str) -> Self {
+    pub(crate) fn key(mut self, k: &str) -> Self {
         self.auth = Some(format!("Bearer {k}"));
         self
     }
@@ -45,12 +45,12 @@ impl Case {
         self.auth = Some(v.to_owned());
         self
     }
-    fn json(mut self, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn json(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.content_type = Some("application/json");
         self.body = body.into();
         self
     }
-    fn typed(mut self, ct: &'static str, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn typed(mut self, ct: &'static str, body: impl Into<Vec<u8>>) -> Self {
         self.content_type = Some(ct);
         self.body = body.into();
         self
@@ -62,7 +62,7 @@ impl Case {
 }
 
 /// Percent-encodes everything but unreserved characters, for path segments and queries.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -74,7 +74,7 @@ fn enc(s: &str) -> String {
     out
 }
 
-const INJECTIONS: &[&str] = &[
+pub(crate) const INJECTIONS: &[&str] = &[
     "' OR 1=1 --",
     "\"; DROP TABLE purchases; --",
     "<script>alert(1)</script>",
@@ -639,8 +639,10 @@ fn table(app: &App) -> Vec<Case> {
 #[tokio::test]
 async fn hostile_inputs_get_json_4xx_never_5xx() {
     let app = App::new().await;
-    let cases = table(&app);
-    assert!(cases.len() >= 100, "only {} cases", cases.len());
+    let mut cases = table(&app);
+    cases.extend(crate::hostile_routes::table(&app));
+    assert!(cases.len() >= 300, "only {} cases", cases.len());
+    eprintln!("{} hostile cases", cases.len());
     let mut failures = Vec::new();
     for c in cases {
         let mut req = Request::builder().method(c.method).uri(c.uri.as_str());

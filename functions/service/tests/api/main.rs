@@ -5,6 +5,7 @@
 
 mod fixture;
 mod hostile;
+mod hostile_routes;
 mod lambda;
 mod loader;
 mod models;
