@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
+use crate::telemetry::CustomerHasher;
 use crate::training::SCAN_SEGMENTS;
 
 /// Purchases read per customer at request time (newest first).
@@ -386,15 +387,26 @@ pub fn snapshot_key(version: &str) -> Result<BlobKey> {
 /// data watermark, so the figures are those of the data the model saw) and stores it
 /// beside the artifact, keyed by the model version. Called before the version is
 /// registered, so every registered version has its snapshot.
+///
+/// A customer erased while it ran may have been read before the erasure deleted their
+/// purchases, and the erasure's rewrite of stored snapshots cannot see this one before it is
+/// written. So after writing, the erasure audit records since the start are matched (keyed
+/// hash under `hasher`, the API's key) against the snapshot's customers, and any match is
+/// removed and the snapshot written again. The erasure's second pass over snapshots that
+/// appeared meanwhile covers the other order.
 pub async fn write_snapshot(
     stores: &Stores,
     tenant: &TenantId,
     model: &Model,
+    hasher: &CustomerHasher,
 ) -> Result<CrmSnapshot> {
+    // Audit records are written after the erasure deleted the rows: a margin covers clock
+    // skew between the instance that erased and this one.
+    let started = Utc::now() - chrono::Duration::minutes(5);
     let end = DateTime::<Utc>::from_timestamp(model.manifest.data_watermark, 0)
         .filter(|_| model.manifest.data_watermark > 0)
         .unwrap_or_else(Utc::now);
-    let snapshot = compute_snapshot(
+    let mut snapshot = compute_snapshot(
         stores.records.as_ref(),
         tenant,
         model,
@@ -403,14 +415,40 @@ pub async fn write_snapshot(
         &EngineConfig::default(),
     )
     .await?;
-    let bytes =
-        serde_json::to_vec(&snapshot).map_err(|e| Error::runtime("encode the CRM snapshot", e))?;
-    stores
-        .blobs
-        .put(tenant, &snapshot_key(model.version())?, bytes)
-        .await
-        .step("write the CRM snapshot")?;
-    Ok(snapshot)
+    let key = snapshot_key(model.version())?;
+    let mut dropped: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let bytes = serde_json::to_vec(&snapshot)
+            .map_err(|e| Error::runtime("encode the CRM snapshot", e))?;
+        stores
+            .blobs
+            .put(tenant, &key, bytes)
+            .await
+            .step("write the CRM snapshot")?;
+        let erased: std::collections::HashSet<String> = stores
+            .records
+            .erasures_since(tenant, started)
+            .await
+            .step("read erasures made meanwhile")?
+            .into_iter()
+            .map(|a| a.customer_hash)
+            .filter(|h| !dropped.contains(h))
+            .collect();
+        if erased.is_empty() {
+            return Ok(snapshot);
+        }
+        let before = snapshot.profiles.customers.len();
+        snapshot
+            .profiles
+            .customers
+            .retain(|(id, _)| !erased.contains(&hasher.full(id)));
+        let removed = before - snapshot.profiles.customers.len();
+        dropped.extend(erased);
+        if removed == 0 {
+            return Ok(snapshot);
+        }
+        tracing::info!(tenant = %tenant, removed, "customers erased during the retrain left out of its insight");
+    }
 }
 
 /// Reads a model version's CRM snapshot; None when the version has none (trained before

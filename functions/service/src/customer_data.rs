@@ -7,7 +7,7 @@
 //! keeps who asked, when, what was removed and a keyed hash of the id, never the id.
 
 use affinity_store::{
-    Consent, CustomerId, CustomerRecord, DeletionCounts, ErasureAudit, Stores, TenantId,
+    BlobKey, Consent, CustomerId, CustomerRecord, DeletionCounts, ErasureAudit, Stores, TenantId,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,7 +64,7 @@ pub async fn erase_customer(
         .delete_customer_data(tenant, customer)
         .await
         .step("delete the customer's records")?;
-    let snapshots = erase_from_snapshots(stores, tenant, customer).await?;
+    let (mut snapshots, seen) = erase_from_snapshots(stores, tenant, customer, &[]).await?;
     let audit = ErasureAudit {
         audit_id: format!(
             "er_{:015}_{}",
@@ -81,6 +81,13 @@ pub async fn erase_customer(
         .put_erasure_audit(tenant, &audit)
         .await
         .step("write the erasure audit record")?;
+    // A retrain may have written a snapshot holding the customer after the listing above
+    // (it read their purchases before they were deleted). One written before the audit
+    // record is caught here; one written after it is cleaned by the retrain itself, which
+    // checks the audit records once its snapshot is stored.
+    snapshots += erase_from_snapshots(stores, tenant, customer, &seen)
+        .await?
+        .0;
     tracing::info!(
         tenant = %tenant,
         customer = %hasher.tag(customer.as_str()),
@@ -99,20 +106,22 @@ pub async fn erase_customer(
     })
 }
 
-/// Rewrites every stored insight snapshot that holds the customer without them; returns
-/// how many were rewritten.
+/// Rewrites every stored insight snapshot that holds the customer without them, except those
+/// under `skip` (already done); returns how many were rewritten and every key listed.
 async fn erase_from_snapshots(
     stores: &Stores,
     tenant: &TenantId,
     customer: &CustomerId,
-) -> Result<u64> {
+    skip: &[BlobKey],
+) -> Result<(u64, Vec<BlobKey>)> {
     let blobs = &stores.blobs;
     let stored = blobs
         .list(tenant, SNAPSHOT_PREFIX)
         .await
         .step("list customer-insight snapshots")?;
+    let listed: Vec<BlobKey> = stored.iter().map(|m| m.key.clone()).collect();
     let mut rewritten = 0;
-    for meta in stored {
+    for meta in stored.into_iter().filter(|m| !skip.contains(&m.key)) {
         let bytes = match blobs.get(tenant, &meta.key).await {
             Ok(b) => b,
             // Deleted meanwhile (a pruned version): nothing to erase there.
@@ -132,7 +141,7 @@ async fn erase_from_snapshots(
             .step("rewrite a customer-insight snapshot")?;
         rewritten += 1;
     }
-    Ok(rewritten)
+    Ok((rewritten, listed))
 }
 
 /// Records what a customer consents to; the next request for them obeys it. Keeps a tier

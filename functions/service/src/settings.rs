@@ -143,15 +143,8 @@ impl Settings {
                 ));
             }
         };
-        let log_hash_key = match get("AFFINITY_LOG_HASH_KEY").filter(|k| !k.is_empty()) {
-            Some(k) => Some(hex::decode(&k).map_err(|_| {
-                Error::setting(
-                    "AFFINITY_LOG_HASH_KEY",
-                    "must be hex (e.g. 32 random bytes)",
-                )
-            })?),
-            None => None,
-        };
+        // One reader of AFFINITY_LOG_HASH_KEY: the retrain settings', shared with the logs.
+        let retrain = crate::retrain::RetrainSettings::from_lookup(&get)?;
         Ok(Self {
             backend,
             addr,
@@ -160,11 +153,11 @@ impl Settings {
             limits,
             log_format,
             log_filter: get("AFFINITY_LOG").unwrap_or_else(|| "info".into()),
-            log_hash_key,
+            log_hash_key: retrain.hash_key.clone(),
             rate_limit_per_min: number(&get, "AFFINITY_RATE_LIMIT_PER_MIN", 60)?,
             on_lambda,
             retrain_function: get("AFFINITY_RETRAIN_FUNCTION").filter(|f| !f.trim().is_empty()),
-            retrain: crate::retrain::RetrainSettings::from_lookup(&get)?,
+            retrain,
         })
     }
 
@@ -183,7 +176,10 @@ impl Settings {
             rate_limit_per_min: 0,
             on_lambda: false,
             retrain_function: None,
-            retrain: crate::retrain::RetrainSettings::default(),
+            retrain: crate::retrain::RetrainSettings {
+                hash_key: Some(vec![7; 32]),
+                ..crate::retrain::RetrainSettings::default()
+            },
         }
     }
 }

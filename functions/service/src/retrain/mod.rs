@@ -197,6 +197,11 @@ pub struct RetrainSettings {
     /// ALS alternations of the final fit on all data, continued from the candidate's factors;
     /// 0 fits the final model from random factors with the full iteration count instead.
     pub refit_iterations: usize,
+    /// Key of the keyed customer hash (`AFFINITY_LOG_HASH_KEY`, hex): the customer-insight
+    /// step drops customers erased while it ran by matching erasure audit hashes, so it must
+    /// be the API's key. None: random per process (then only the API's second pass catches
+    /// such an erasure).
+    pub hash_key: Option<Vec<u8>>,
 }
 
 impl Default for RetrainSettings {
@@ -208,6 +213,7 @@ impl Default for RetrainSettings {
             lease: Duration::from_secs(120),
             scan_segments: training::SCAN_SEGMENTS,
             refit_iterations: 3,
+            hash_key: None,
         }
     }
 }
@@ -215,7 +221,7 @@ impl Default for RetrainSettings {
 impl RetrainSettings {
     /// Defaults overridden by `AFFINITY_GATE_TOLERANCE`, `AFFINITY_GATE_MIN_CUSTOMERS`,
     /// `AFFINITY_HOLDOUT_CUSTOMERS`, `AFFINITY_RETRAIN_LEASE_SECONDS`,
-    /// `AFFINITY_SCAN_SEGMENTS` and `AFFINITY_REFIT_ITERATIONS`.
+    /// `AFFINITY_SCAN_SEGMENTS`, `AFFINITY_REFIT_ITERATIONS` and `AFFINITY_LOG_HASH_KEY`.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -253,6 +259,12 @@ impl RetrainSettings {
         }
         if let Some(n) = parse(&get, "AFFINITY_REFIT_ITERATIONS")? {
             s.refit_iterations = n;
+        }
+        if let Some(k) = get("AFFINITY_LOG_HASH_KEY").filter(|k| !k.is_empty()) {
+            s.hash_key = Some(hex::decode(k.trim()).map_err(|_| Error::Invalid {
+                field: "AFFINITY_LOG_HASH_KEY".into(),
+                reason: "must be hex (e.g. 32 random bytes)".into(),
+            })?);
         }
         s.validate()?;
         Ok(s)
@@ -1077,7 +1089,8 @@ async fn locked(
     clock.enter(Step::Insight);
     deps.faults.check(Step::Insight)?;
     lease.check("insight")?;
-    crm::write_snapshot(stores, tenant, &model).await?;
+    let hasher = crate::telemetry::CustomerHasher::new(deps.settings.hash_key.clone());
+    crm::write_snapshot(stores, tenant, &model, &hasher).await?;
 
     clock.enter(Step::Artifact);
     deps.faults.check(Step::Artifact)?;

@@ -271,3 +271,46 @@ async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() 
     }
     assert_eq!(audits[0].customer_hash, audits[1].customer_hash);
 }
+
+/// A retrain that read a customer's purchases just before an erasure deleted them, and
+/// stores its insight after the erasure's rewrite pass, must not bring the customer back:
+/// it matches the erasure audit records (keyed hash) once its snapshot is stored.
+#[tokio::test]
+async fn insight_written_after_an_erasure_leaves_the_erased_customer_out() {
+    let app = App::new().await;
+    let gone = app.shop.lapsed_customer.clone();
+    let serving = crate::fixture::serving(&app).await;
+    // The erasure's audit record, as the API writes it, while the rows are still there (the
+    // retrain read them before they were deleted).
+    let hasher = affinity_service::telemetry::CustomerHasher::new(Some(vec![7; 32]));
+    app.stores
+        .records
+        .put_erasure_audit(
+            &app.tenant,
+            &affinity_store::ErasureAudit {
+                audit_id: "er_race".into(),
+                customer_hash: hasher.full(&gone),
+                actor: "key:test".into(),
+                at: chrono::Utc::now(),
+                counts: affinity_store::DeletionCounts::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let written =
+        affinity_service::crm::write_snapshot(&app.stores, &app.tenant, &serving.model, &hasher)
+            .await
+            .unwrap();
+    assert!(written.profiles.get(&gone).is_none());
+    let stored = affinity_service::crm::read_snapshot(
+        &app.stores,
+        &app.tenant,
+        serving.version.version.as_str(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(stored.profiles.get(&gone).is_none());
+    // Everyone else is still there.
+    assert!(stored.profiles.get(&app.shop.example_customer).is_some());
+}
