@@ -210,6 +210,137 @@ fn artifacts(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+// ---------------------------------------------------------------------------------------
+// `affinity customers` and storefront keys
+
+#[test]
+fn customers_consent_and_delete_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    small_shop(d);
+    let profile = |c: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(&affinity_in(d, &["profile", c, "--json"]))).unwrap()
+    };
+    assert_eq!(profile("cust-00005")["known"], true);
+
+    let out = ok(&affinity_in(
+        d,
+        &[
+            "customers",
+            "consent",
+            "cust-00005",
+            "--personalization",
+            "false",
+            "--marketing",
+            "true",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["consent"]["personalization"], false, "{v}");
+    assert_eq!(
+        profile("cust-00005")["consent"],
+        serde_json::json!({"personalization": false, "marketing": true})
+    );
+    // A value that is not a boolean is a usage error.
+    let bad = affinity_in(
+        d,
+        &[
+            "customers",
+            "consent",
+            "c",
+            "--personalization",
+            "maybe",
+            "--marketing",
+            "true",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+
+    let erased: serde_json::Value = serde_json::from_str(&ok(&affinity_in(
+        d,
+        &["customers", "delete", "cust-00005", "--json"],
+    )))
+    .unwrap();
+    assert!(erased["purchases"].as_u64().unwrap() > 0, "{erased}");
+    assert_eq!(erased["customer_records"], 1, "{erased}");
+    assert_eq!(erased["insight_snapshots"], 1, "{erased}");
+    assert_eq!(profile("cust-00005")["known"], false);
+    let again = ok(&affinity_in(d, &["customers", "delete", "cust-00005"]));
+    assert!(again.contains("nothing left to erase"), "{again}");
+}
+
+#[test]
+fn storefront_keys_sign_tokens_and_list_as_storefront() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let created: serde_json::Value = serde_json::from_str(&ok(&affinity_in(
+        d,
+        &["keys", "create", "--storefront", "--label", "web", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(created["kind"], "storefront");
+    let key_id = created["key_id"].as_str().unwrap();
+    let secret = created["signing_secret"].as_str().unwrap();
+    assert_eq!(secret.len(), 64);
+    let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
+        .args([
+            "keys",
+            "sign",
+            "--key-id",
+            key_id,
+            "--customer",
+            "cust-1",
+            "--ttl",
+            "60",
+        ])
+        .env("AFFINITY_SIGNING_SECRET", secret)
+        .env_remove("AFFINITY_TENANT")
+        .output()
+        .unwrap();
+    let token = ok(&out);
+    assert!(
+        token.starts_with(&format!("aft1.default.{key_id}.")),
+        "{token}"
+    );
+    // Too long a life, or scopes with a storefront key, are usage errors.
+    let long = affinity_in(
+        d,
+        &[
+            "keys",
+            "sign",
+            "--key-id",
+            key_id,
+            "--secret",
+            secret,
+            "--customer",
+            "c",
+            "--ttl",
+            "90000",
+        ],
+    );
+    assert!(!long.status.success());
+    let both = affinity_in(
+        d,
+        &["keys", "create", "--storefront", "--scopes", "recommend"],
+    );
+    assert_eq!(both.status.code(), Some(2));
+    // The retired `offers` scope is refused with the names that replace it.
+    let old = affinity_in(d, &["keys", "create", "--scopes", "offers"]);
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("offers-decide"),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    let listed = ok(&affinity_in(d, &["keys", "list", "--json"]));
+    let first: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "storefront");
+    assert!(
+        !listed.contains(secret),
+        "a listing never shows the signing secret"
+    );
+}
+
 #[test]
 fn recommend_writes_the_api_answers_as_csv_and_json_lines() {
     let dir = tempfile::tempdir().unwrap();
