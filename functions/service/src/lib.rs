@@ -29,6 +29,7 @@ pub mod error;
 pub mod extract;
 pub mod host;
 pub mod loader;
+pub mod metrics;
 pub mod ratelimit;
 pub mod report;
 pub mod retrain;

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use crate::catalog::CatalogView;
 use crate::crm::{self, CrmSnapshot};
 use crate::error::{Context, Error, Result};
+use crate::metrics::Metrics;
 
 /// What answers a tenant's requests: one model version with its catalog snapshot.
 pub struct Serving {
@@ -70,6 +71,8 @@ struct Slot {
     refreshing: AtomicBool,
     /// Serialises cold loads so concurrent first requests load once.
     cold: tokio::sync::Mutex<()>,
+    /// When the model age is next due to be reported.
+    next_age: Mutex<Option<Instant>>,
 }
 
 /// Per-tenant live models.
@@ -77,7 +80,11 @@ pub struct ModelCache {
     stores: Stores,
     check_every: Duration,
     slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
+    metrics: Metrics,
 }
+
+/// How often, at most, an instance reports a tenant's model age while it serves.
+const MODEL_AGE_EVERY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for ModelCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +110,29 @@ impl ModelCache {
             stores,
             check_every,
             slots: RwLock::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The same cache reporting the live model's age to `metrics` while it serves.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Reports the serving model's age, at most every [`MODEL_AGE_EVERY`] per tenant.
+    fn report_age(&self, slot: &Slot, serving: &Serving) {
+        if !self.metrics.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let mut next = slot.next_age.lock().unwrap_or_else(|p| p.into_inner());
+        if next.is_some_and(|t| now < t) {
+            return;
+        }
+        *next = Some(now + MODEL_AGE_EVERY);
+        let age = (Utc::now() - serving.version.created_at).num_milliseconds() as f64 / 1e3;
+        self.metrics.model_age(age);
     }
 
     fn slot(&self, tenant: &TenantId) -> Arc<Slot> {
@@ -127,10 +156,16 @@ impl ModelCache {
     /// `Error::NoModel` when the tenant has never promoted one.
     pub async fn get(&self, tenant: &TenantId) -> Result<Arc<Serving>> {
         let slot = self.slot(tenant);
+        let serving = self.get_in(tenant, &slot).await?;
+        self.report_age(&slot, &serving);
+        Ok(serving)
+    }
+
+    async fn get_in(&self, tenant: &TenantId, slot: &Slot) -> Result<Arc<Serving>> {
         let Some(current) = slot.serving.load_full() else {
-            return self.cold_load(tenant, &slot).await;
+            return self.cold_load(tenant, slot).await;
         };
-        if self.due(&slot) && !slot.refreshing.swap(true, Ordering::AcqRel) {
+        if self.due(slot) && !slot.refreshing.swap(true, Ordering::AcqRel) {
             let _flag = Flag(&slot.refreshing);
             if let Some(next) = self.refresh(tenant, &current).await {
                 slot.serving.store(Some(next.clone()));

@@ -178,6 +178,7 @@ impl Settings {
             retrain_function: None,
             retrain: crate::retrain::RetrainSettings {
                 hash_key: Some(vec![7; 32]),
+                metrics: crate::metrics::MetricsConfig::default(),
                 ..crate::retrain::RetrainSettings::default()
             },
         }

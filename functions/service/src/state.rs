@@ -6,6 +6,7 @@ use affinity_store::Stores;
 
 use crate::auth::KeyCache;
 use crate::loader::ModelCache;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::retrain::trigger::Retrainer;
 use crate::settings::{Limits, Settings};
@@ -28,14 +29,25 @@ pub struct AppState {
     pub retrainer: Arc<Retrainer>,
     /// Per-key limits of the expensive routes.
     pub rate_limits: Arc<RateLimits>,
+    /// Request latency, errors and model age (EMF; off without a namespace).
+    pub metrics: Metrics,
 }
 
 impl AppState {
     /// Builds the state from opened stores and settings; retrains run in this process
     /// (see [`AppState::open`] and [`AppState::with_retrainer`] for the retrain function).
     pub fn new(stores: Stores, settings: &Settings) -> Self {
+        let metrics = Metrics::new(&settings.retrain.metrics);
+        Self::with_metrics(stores, settings, metrics)
+    }
+
+    /// As [`AppState::new`], with metrics written to `metrics` (tests capture them).
+    pub fn with_metrics(stores: Stores, settings: &Settings, metrics: Metrics) -> Self {
         Self {
-            models: Arc::new(ModelCache::new(stores.clone(), settings.model_check)),
+            models: Arc::new(
+                ModelCache::new(stores.clone(), settings.model_check).with_metrics(metrics.clone()),
+            ),
+            metrics,
             keys: Arc::new(KeyCache::new(settings.key_cache)),
             limits: settings.limits,
             hasher: CustomerHasher::new(settings.log_hash_key.clone()),

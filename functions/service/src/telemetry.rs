@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -101,8 +101,13 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-/// Middleware: a span per request and one log line when it is answered.
-pub async fn log_requests(req: Request, next: Next) -> Response {
+/// Middleware: a span per request, one log line when it is answered, and its latency and
+/// 5xx count as metrics (per route template).
+pub async fn log_requests(
+    State(state): State<crate::state::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let id = request_id(&req);
     let method = req.method().clone();
@@ -135,6 +140,11 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
             "answered"
         );
     });
+    state.metrics.request(
+        &route,
+        latency_us as f64 / 1e3,
+        res.status().is_server_error(),
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }

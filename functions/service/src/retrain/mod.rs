@@ -202,6 +202,8 @@ pub struct RetrainSettings {
     /// be the API's key. None: random per process (then only the API's second pass catches
     /// such an erasure).
     pub hash_key: Option<Vec<u8>>,
+    /// Where run outcomes and the live model's age are reported (EMF).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for RetrainSettings {
@@ -214,6 +216,7 @@ impl Default for RetrainSettings {
             scan_segments: training::SCAN_SEGMENTS,
             refit_iterations: 3,
             hash_key: None,
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -221,7 +224,8 @@ impl Default for RetrainSettings {
 impl RetrainSettings {
     /// Defaults overridden by `AFFINITY_GATE_TOLERANCE`, `AFFINITY_GATE_MIN_CUSTOMERS`,
     /// `AFFINITY_HOLDOUT_CUSTOMERS`, `AFFINITY_RETRAIN_LEASE_SECONDS`,
-    /// `AFFINITY_SCAN_SEGMENTS`, `AFFINITY_REFIT_ITERATIONS` and `AFFINITY_LOG_HASH_KEY`.
+    /// `AFFINITY_SCAN_SEGMENTS`, `AFFINITY_REFIT_ITERATIONS`, `AFFINITY_LOG_HASH_KEY`,
+    /// `AFFINITY_METRICS_NAMESPACE` and `AFFINITY_STACK`.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -260,6 +264,7 @@ impl RetrainSettings {
         if let Some(n) = parse(&get, "AFFINITY_REFIT_ITERATIONS")? {
             s.refit_iterations = n;
         }
+        s.metrics = crate::metrics::MetricsConfig::from_lookup(&get);
         if let Some(k) = get("AFFINITY_LOG_HASH_KEY").filter(|k| !k.is_empty()) {
             s.hash_key = Some(hex::decode(k.trim()).map_err(|_| Error::Invalid {
                 field: "AFFINITY_LOG_HASH_KEY".into(),
@@ -458,6 +463,8 @@ pub struct RetrainDeps {
     pub faults: Faults,
     /// Progress sink.
     pub progress: ProgressFn,
+    /// Run outcomes and the live model's age (EMF; off without a namespace).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for RetrainDeps {
@@ -474,6 +481,7 @@ impl RetrainDeps {
     pub fn new(stores: Stores, settings: RetrainSettings) -> Self {
         Self {
             stores,
+            metrics: crate::metrics::Metrics::new(&settings.metrics),
             settings,
             faults: Faults::none(),
             progress: Arc::new(|_| {}),
@@ -823,9 +831,34 @@ async fn settle(
                 verdict = outcome.verdict.as_str(),
                 "retrain finished"
             );
+            report_metrics(deps, tenant, true).await;
             Ok(outcome)
         }
-        Err(e) => Err(fail(deps, tenant, job_id, lease, e).await),
+        Err(e) => {
+            let e = fail(deps, tenant, job_id, lease, e).await;
+            if !e.is_crash() {
+                report_metrics(deps, tenant, false).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The run's outcome and the live model's age (seconds since its registration), so the
+/// model-age alarm has a figure after every scheduled run even when no request is served.
+async fn report_metrics(deps: &RetrainDeps, tenant: &TenantId, succeeded: bool) {
+    if !deps.metrics.enabled() {
+        return;
+    }
+    deps.metrics.retrain(succeeded);
+    let records = &deps.stores.records;
+    let live = match records.live_pointer(tenant).await {
+        Ok(Some(p)) => records.get_model(tenant, &p.version).await.ok().flatten(),
+        _ => None,
+    };
+    if let Some(v) = live {
+        let age = (Utc::now() - v.created_at).num_milliseconds() as f64 / 1e3;
+        deps.metrics.model_age(age);
     }
 }
 

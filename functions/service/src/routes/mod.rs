@@ -104,7 +104,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::from_fn(crate::telemetry::log_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::log_requests,
+        ))
         .with_state(state)
 }
 

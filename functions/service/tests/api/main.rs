@@ -6,6 +6,7 @@
 mod fixture;
 mod hostile;
 mod hostile_routes;
+mod infra;
 mod lambda;
 mod loader;
 mod models;

@@ -381,6 +381,8 @@ fn template_environment_configures_the_aws_backend() {
                 default_of(target).unwrap_or_else(|| format!("resolved-{}", target.to_lowercase()))
             }
             Value::String(s) => s.clone(),
+            // Other intrinsics (the hash key's secret reference) configure no store setting.
+            Value::Tagged(_) => continue,
             other => panic!("unexpected env value {other:?}"),
         };
         env.insert(k.as_str().unwrap().to_string(), value);

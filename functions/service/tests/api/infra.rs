@@ -1,0 +1,360 @@
+//! infra/template.yaml against the code, both ways: every alarm on the service's own
+//! namespace watches a metric the code really emits (name, dimensions, statistic), and every
+//! environment variable the template sets is read by the code, while the template's
+//! environment alone is enough for each function's settings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use affinity_service::metrics::{Metrics, MetricsConfig};
+use affinity_service::retrain::{self, RetrainDeps, RetrainRequest};
+use affinity_service::settings::Settings;
+use affinity_service::state::AppState;
+use affinity_store::Backend;
+use serde_json::Value as Json;
+use yaml_serde::Value;
+
+use crate::fixture::App;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn template() -> Value {
+    yaml_serde::from_str(&std::fs::read_to_string(root().join("infra/template.yaml")).unwrap())
+        .unwrap()
+}
+
+fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.as_mapping().and_then(|m| m.get(key))
+}
+
+/// The environment each function gets: the Globals' variables, then its own.
+fn function_env(doc: &Value) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let globals = get(doc, "Globals")
+        .and_then(|g| get(g, "Function"))
+        .and_then(|f| get(f, "Environment"))
+        .and_then(|e| get(e, "Variables"))
+        .and_then(Value::as_mapping)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (id, res) in get(doc, "Resources").unwrap().as_mapping().unwrap() {
+        if get(res, "Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let own = get(res, "Properties")
+            .and_then(|p| get(p, "Environment"))
+            .and_then(|e| get(e, "Variables"))
+            .and_then(Value::as_mapping)
+            .cloned()
+            .unwrap_or_default();
+        let mut env = BTreeMap::new();
+        for (k, v) in globals.iter().chain(own.iter()) {
+            env.insert(k.as_str().unwrap().to_owned(), v.clone());
+        }
+        out.insert(id.as_str().unwrap().to_owned(), env);
+    }
+    out
+}
+
+/// A stand-in for what CloudFormation would put in a variable: the literal, a parameter's
+/// default for `!Ref Parameter`, a placeholder for other intrinsics (`!Ref X` -> `ref-X`), a
+/// hex string for the generated secret.
+fn resolve(doc: &Value, name: &str, v: &Value) -> String {
+    if let Value::Tagged(t) = v
+        && t.tag == "Ref"
+        && let Some(default) = t
+            .value
+            .as_str()
+            .and_then(|p| get(doc, "Parameters").and_then(|ps| get(ps, p)))
+            .and_then(|p| get(p, "Default"))
+    {
+        return resolve(doc, name, default);
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Tagged(t) if name == "AFFINITY_LOG_HASH_KEY" => {
+            assert!(
+                t.value
+                    .as_str()
+                    .is_some_and(|s| s.contains("resolve:secretsmanager")),
+                "the hash key must come from the generated secret: {t:?}"
+            );
+            "ab".repeat(32)
+        }
+        Value::Tagged(t) => format!(
+            "ref-{}",
+            t.value
+                .as_str()
+                .unwrap_or("x")
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        ),
+        other => panic!("{name}: unexpected value {other:?}"),
+    }
+}
+
+/// Every `AFFINITY_*` name the Rust sources mention, plus `RUST_LOG` where a binary lets
+/// tracing read it.
+fn names_read_by_the_code() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![root().join("functions"), root().join("model")];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("tests") {
+                    todo.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split('"').skip(1).step_by(2) {
+                if piece.starts_with("AFFINITY_")
+                    && piece
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    out.insert(piece.to_owned());
+                }
+            }
+            if text.contains("EnvFilter::try_from_default_env") && is_binary(&path) {
+                out.insert("RUST_LOG".into());
+            }
+        }
+    }
+    out
+}
+
+fn is_binary(path: &Path) -> bool {
+    path.ends_with("src/main.rs")
+}
+
+#[test]
+fn every_variable_the_template_sets_is_read_by_the_code() {
+    let read = names_read_by_the_code();
+    assert!(read.contains("AFFINITY_BACKEND"), "{read:?}");
+    let mut unread = Vec::new();
+    for (function, env) in function_env(&template()) {
+        for name in env.keys() {
+            if !read.contains(name) {
+                unread.push(format!("{function}: {name}"));
+            }
+        }
+    }
+    assert!(
+        unread.is_empty(),
+        "set by the template, read by nothing: {unread:?}"
+    );
+}
+
+#[test]
+fn the_template_environment_is_enough_for_each_function() {
+    let doc = template();
+    let envs = function_env(&doc);
+    assert_eq!(envs.len(), 2, "{:?}", envs.keys());
+    for (function, env) in &envs {
+        let vars: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), resolve(&doc, k, v)))
+            .collect();
+        let lookup = |k: &str| vars.get(k).cloned();
+        // Both functions open the AWS backend with a table prefix and a bucket.
+        match Backend::from_lookup(lookup).unwrap() {
+            Backend::Aws {
+                table_prefix,
+                bucket,
+                ..
+            } => {
+                assert!(!table_prefix.is_empty() && !bucket.is_empty(), "{function}")
+            }
+            other => panic!("{function}: backend {other:?}"),
+        }
+        let retrain = retrain::RetrainSettings::from_lookup(lookup).unwrap();
+        assert!(
+            retrain.metrics.namespace.is_some(),
+            "{function}: no metrics namespace"
+        );
+        assert!(
+            retrain.hash_key.is_some(),
+            "{function}: no customer hash key"
+        );
+        if function == "ApiFunction" {
+            let settings = Settings::from_lookup(lookup).unwrap();
+            assert!(
+                settings.retrain_function.is_some(),
+                "the api must hand retrains to the retrain function"
+            );
+        }
+    }
+}
+
+/// What the code emits, captured: metric name -> (namespace, dimension names).
+fn capture() -> (Metrics, Arc<Mutex<Vec<Json>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let config = MetricsConfig {
+        namespace: Some("Affinity".into()),
+        stack: "rehearsal".into(),
+    };
+    let metrics = Metrics::with_sink(
+        &config,
+        Arc::new(move |l: &str| sink.lock().unwrap().push(serde_json::from_str(l).unwrap())),
+    );
+    (metrics, lines)
+}
+
+fn emitted(lines: &[Json]) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let mut out = BTreeMap::new();
+    for line in lines {
+        for spec in line["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            let ns = spec["Namespace"].as_str().unwrap().to_owned();
+            let dims: BTreeSet<String> = spec["Dimensions"][0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap().to_owned())
+                .collect();
+            for d in &dims {
+                assert!(
+                    line.get(d).is_some(),
+                    "dimension {d} without a value: {line}"
+                );
+            }
+            for m in spec["Metrics"].as_array().unwrap() {
+                let name = m["Name"].as_str().unwrap().to_owned();
+                assert!(line[&name].is_number(), "{name} without a value: {line}");
+                out.insert(name, (ns.clone(), dims.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// (namespace, metric, dimension names, statistic) of every metric an alarm watches.
+fn alarm_metrics(doc: &Value) -> Vec<(String, String, String, BTreeSet<String>, String)> {
+    let mut out = Vec::new();
+    for (id, res) in get(doc, "Resources").unwrap().as_mapping().unwrap() {
+        if get(res, "Type").and_then(Value::as_str) != Some("AWS::CloudWatch::Alarm") {
+            continue;
+        }
+        let id = id.as_str().unwrap().to_owned();
+        let props = get(res, "Properties").unwrap();
+        let dims = |m: &Value| -> BTreeSet<String> {
+            get(m, "Dimensions")
+                .and_then(Value::as_sequence)
+                .map(|ds| {
+                    ds.iter()
+                        .map(|d| get(d, "Name").and_then(Value::as_str).unwrap().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let text = |m: &Value, k: &str| get(m, k).and_then(Value::as_str).map(str::to_owned);
+        if let Some(name) = text(props, "MetricName") {
+            let stat = text(props, "Statistic")
+                .or_else(|| text(props, "ExtendedStatistic"))
+                .unwrap();
+            out.push((
+                id.clone(),
+                text(props, "Namespace").unwrap(),
+                name,
+                dims(props),
+                stat,
+            ));
+        }
+        for q in get(props, "Metrics")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(stat) = get(q, "MetricStat") {
+                let m = get(stat, "Metric").unwrap();
+                out.push((
+                    id.clone(),
+                    text(m, "Namespace").unwrap(),
+                    text(m, "MetricName").unwrap(),
+                    dims(m),
+                    text(stat, "Stat").unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn alarms_watch_metrics_the_code_emits() {
+    let (metrics, lines) = capture();
+    // A request through the router and a retrain run, with metrics on.
+    let app = App::new().await;
+    let state = AppState::with_metrics(app.stores.clone(), &Settings::for_tests(), metrics.clone());
+    let router = affinity_service::routes::router(state);
+    let item = app.shop.example_item.clone();
+    let req = axum::http::Request::builder()
+        .uri(format!("/v1/items/{item}/similar"))
+        .header("authorization", format!("Bearer {}", app.keys.all))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut deps = RetrainDeps::new(app.stores.clone(), Settings::for_tests().retrain);
+    deps.metrics = metrics;
+    retrain::run_once(&deps, RetrainRequest::new(app.tenant.clone()))
+        .await
+        .unwrap();
+    let emitted = emitted(&lines.lock().unwrap());
+    for name in [
+        affinity_service::metrics::REQUEST_LATENCY,
+        affinity_service::metrics::REQUEST_ERRORS,
+        affinity_service::metrics::MODEL_AGE,
+        affinity_service::metrics::RETRAIN_SUCCEEDED,
+        affinity_service::metrics::RETRAIN_FAILED,
+    ] {
+        assert!(
+            emitted.contains_key(name),
+            "{name} not emitted: {emitted:?}"
+        );
+    }
+
+    let doc = template();
+    let globals = &function_env(&doc)["ApiFunction"];
+    let namespace = globals["AFFINITY_METRICS_NAMESPACE"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The Stack dimension's value is the stack name on both sides.
+    assert_eq!(
+        format!("{:?}", globals["AFFINITY_STACK"]),
+        format!(
+            "{:?}",
+            yaml_serde::from_str::<Value>("!Ref AWS::StackName").unwrap()
+        )
+    );
+    let ours: Vec<_> = alarm_metrics(&doc)
+        .into_iter()
+        .filter(|(_, ns, ..)| *ns == namespace)
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "no alarm watches the {namespace} namespace"
+    );
+    for (alarm, ns, name, dims, stat) in ours {
+        let Some((emitted_ns, emitted_dims)) = emitted.get(&name) else {
+            panic!("{alarm} watches {ns}/{name}, which the code never emits");
+        };
+        assert_eq!(emitted_ns, &ns, "{alarm}");
+        assert_eq!(emitted_dims, &dims, "{alarm}: dimensions of {name}");
+        assert!(
+            ["Maximum", "Minimum", "Sum", "Average", "SampleCount"].contains(&stat.as_str())
+                || stat.starts_with('p'),
+            "{alarm}: statistic {stat}"
+        );
+    }
+}
