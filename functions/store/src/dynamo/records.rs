@@ -12,6 +12,10 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 
 use super::codec::{self, n, s, tkey};
+
+/// Attribute of a conditional write's random token, by which a retried call recognises
+/// that its own earlier attempt succeeded.
+const WRITE_TOKEN: &str = "write_token";
 use super::schema::attr::{AT_KEY, CUSTOMER_KEY, KEY_ID, OFFER_KEY, PK, SK, TENANT};
 use super::schema::{TableId, index};
 use super::{BACKEND, DynamoStore, Inner, Item, svc_err};
@@ -108,6 +112,41 @@ impl Inner {
             .await?
             .map_err(|e| svc_err("GetItem", e))?;
         Ok(res.item().cloned())
+    }
+
+    /// A conditional put that recognises its own success: the item carries a fresh random
+    /// `write_token`, and when the condition fails the stored item (under `key`) is read
+    /// back. If it holds this call's token, an earlier attempt of this same call wrote it
+    /// and only its response was lost (the SDK then retried, and the retry met its own
+    /// write): the call succeeded. `Ok(false)` only when someone else's write stands.
+    async fn put_if_tokened(
+        &self,
+        table: TableId,
+        mut item: Item,
+        key: Item,
+        condition: &str,
+        names: HashMap<String, String>,
+        values: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<bool> {
+        let token = {
+            use rand::RngCore;
+            let mut b = [0u8; 16];
+            rand::rng().fill_bytes(&mut b);
+            hex::encode(b)
+        };
+        item.insert(WRITE_TOKEN.into(), s(&token));
+        if self
+            .put_if(table, item, Some(condition), Some(names), values)
+            .await?
+        {
+            return Ok(true);
+        }
+        let stored = self.get(table, key).await?;
+        Ok(stored
+            .as_ref()
+            .and_then(|i| i.get(WRITE_TOKEN))
+            .and_then(|v| v.as_s().ok())
+            .is_some_and(|t| *t == token))
     }
 
     /// PutItem with an optional condition; `Ok(false)` when the condition failed.
@@ -933,11 +972,12 @@ impl ModelRegistry for DynamoStore {
         let item = codec::model_item(tenant, &model.normalized())?;
         if self
             .inner
-            .put_if(
+            .put_if_tokened(
                 TableId::Models,
                 item,
-                Some("attribute_not_exists(#pk)"),
-                Some(names(&[("#pk", PK)])),
+                codec::model_key(tenant, &model.version),
+                "attribute_not_exists(#pk)",
+                names(&[("#pk", PK)]),
                 None,
             )
             .await?
@@ -1065,11 +1105,12 @@ impl ModelRegistry for DynamoStore {
         };
         if self
             .inner
-            .put_if(
+            .put_if_tokened(
                 TableId::Control,
                 codec::pointer_item(tenant, &pointer),
-                Some(cond),
-                Some(nm),
+                codec::control_key(tenant, codec::LIVE_SK),
+                cond,
+                nm,
                 vals,
             )
             .await?

@@ -271,3 +271,65 @@ async fn parallel_scan_survives_throttling() {
     );
     direct.delete_tables().await.unwrap();
 }
+
+/// Registration and the live-pointer swap are conditional writes: when the write happened
+/// but its response was lost, the retry meets its own write. The write token makes that a
+/// success (the pointer did move), while another writer's state is still a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_whose_response_was_lost_report_success() {
+    for sdk_attempts in [1, 3] {
+        let drop_first_put = || FaultConfig {
+            drop_first: Some(("PutItem", 1)),
+            ..Default::default()
+        };
+        let (faulty, direct, proxy) = stores(drop_first_put(), sdk_attempts, fast_retry(5)).await;
+        let t = TenantId::default();
+        let (v1, v2) = (crate::suite::model("v1", 0), crate::suite::model("v2", 1));
+        faulty.register_model(&t, &v1).await.unwrap();
+        assert_eq!(proxy.stats.get(&proxy.stats.dropped), 1);
+        assert!(direct.get_model(&t, &v1.version).await.unwrap().is_some());
+        direct.register_model(&t, &v2).await.unwrap();
+        // A real second registration is still refused.
+        assert!(matches!(
+            faulty.register_model(&t, &v1).await,
+            Err(Error::Conflict(Conflict::AlreadyExists { .. }))
+        ));
+
+        // The pointer's first set and a later swap, each with its response lost.
+        let prefix = direct
+            .table_name(dynamo::schema::TableId::Purchases)
+            .trim_end_matches("purchases")
+            .to_string();
+        for (expected, new) in [(None, &v1.version), (Some(&v1.version), &v2.version)] {
+            let proxy = FaultProxy::start(&moto_url(), drop_first_put()).await;
+            let options = DynamoOptions {
+                retry: fast_retry(5),
+                ..DynamoOptions::new(prefix.clone())
+            };
+            let faulty =
+                DynamoStore::new(&peer_sdk_config(&proxy.url, sdk_attempts).await, options)
+                    .unwrap();
+            let moved = faulty.swap_live_pointer(&t, expected, new).await.unwrap();
+            assert_eq!(&moved.version, new);
+            assert_eq!(proxy.stats.get(&proxy.stats.dropped), 1);
+            assert_eq!(
+                &direct.live_pointer(&t).await.unwrap().unwrap().version,
+                new
+            );
+        }
+        // A stale expectation is still a conflict, and the pointer stays.
+        let err = faulty
+            .swap_live_pointer(&t, Some(&v1.version), &v1.version)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(Conflict::LiveModel { .. })),
+            "{err}"
+        );
+        assert_eq!(
+            direct.live_pointer(&t).await.unwrap().unwrap().version,
+            v2.version
+        );
+        direct.delete_tables().await.unwrap();
+    }
+}

@@ -65,7 +65,7 @@ fn event(id: &str, customer: &str, offer: &str, kind: OfferEventKind, minutes: i
     }
 }
 
-fn model(version: &str, minutes: i64) -> ModelVersion {
+pub fn model(version: &str, minutes: i64) -> ModelVersion {
     ModelVersion {
         version: ModelVersionId::parse(version).unwrap(),
         created_at: t0() + chrono::Duration::minutes(minutes),
