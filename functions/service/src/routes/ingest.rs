@@ -243,8 +243,10 @@ async fn ingest_purchases(
 ) -> Result<Json<BatchResult>, ApiError> {
     caller.require(Scope::Ingest)?;
     batch_len("purchases", batch.purchases.len(), state.limits.max_batch)?;
-    let (rows, mut results) =
-        parse_rows(batch.purchases, |p: &PurchaseIn| to_purchase(p).validate());
+    let now = Utc::now();
+    let (rows, mut results) = parse_rows(batch.purchases, |p: &PurchaseIn| {
+        to_purchase(p).validate_at(now)
+    });
     let purchases: Vec<Purchase> = rows.iter().map(|(_, p)| to_purchase(p)).collect();
     if !purchases.is_empty() {
         let outcomes = state

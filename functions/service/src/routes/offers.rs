@@ -353,7 +353,7 @@ async fn record_events(
                 format!("unknown offer {:?}", e.offer_id.as_str()),
             ));
         }
-        to_event(e, now).validate()
+        to_event(e, now).validate_at(now)
     });
     let events: Vec<OfferEvent> = rows.iter().map(|(_, e)| to_event(e, now)).collect();
     if !events.is_empty() {
