@@ -683,13 +683,9 @@ mod tests {
         let csv = "order_id,line,customer_id,item_id,quantity,unit_price_minor,purchased_at\n\
                    o1,1,c1,i1,1,100,2024-01-01\n\
                    o2,1,c1,i2,zero,100,2024-01-01\n";
-        let err = parse_all(
-            csv.as_bytes(),
-            "p.csv",
-            PURCHASE_COLUMNS,
-            false,
-            |r| parse_purchase(r, Utc::now()),
-        )
+        let err = parse_all(csv.as_bytes(), "p.csv", PURCHASE_COLUMNS, false, |r| {
+            parse_purchase(r, Utc::now())
+        })
         .unwrap_err();
         match err {
             Error::BadRow(b) => {
@@ -736,13 +732,9 @@ mod tests {
                    o2,1,c1\n\
                    o3,x,c1,i1,1.00,2024-01-01\n\
                    o4,1,c1,i1,1.00,2024-01-01\n";
-        let (good, skipped) = parse_all(
-            csv.as_bytes(),
-            "p.csv",
-            PURCHASE_COLUMNS,
-            true,
-            |r| parse_purchase(r, Utc::now()),
-        )
+        let (good, skipped) = parse_all(csv.as_bytes(), "p.csv", PURCHASE_COLUMNS, true, |r| {
+            parse_purchase(r, Utc::now())
+        })
         .unwrap();
         assert_eq!(good.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![2, 5]);
         assert_eq!(
