@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs the protocol peer (moto) into a private venv,
 # starts it on loopback, runs formatting, lints (Rust and the infra template) and every test,
-# stops the peer.
+# stops the peer; then checks the API against its OpenAPI document (scripts/contract.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +48,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# The API contract: schemathesis against the demo server, from the debug CLI the tests built.
+echo "==> API contract (schemathesis, scripts/contract.sh)"
+cargo build -p affinity-cli --bin affinity --locked
+bash scripts/contract.sh "${CARGO_TARGET_DIR:-target}/debug/affinity"
 
 # The arm64 Lambda packages of the functions infra/template.yaml deploys, built with the cheap
 # `lambda-ci` profile (no fat LTO): proves on every run that both functions cross-compile and

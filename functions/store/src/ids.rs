@@ -5,8 +5,15 @@
 //!   first component of composite keys, and because it cannot contain `#` the separator is
 //!   unambiguous.
 //! - Every other id (`CustomerId`, `ItemId`, `OrderId`, ...): 1..=128 Unicode scalar values,
-//!   no control characters, no leading or trailing whitespace. Shops' own order numbers
-//!   such as `#1001` or e-mail-like customer ids are accepted as they are.
+//!   no leading or trailing white space, and none of the characters in [`FORBIDDEN_ID_CHARS`]
+//!   anywhere: Unicode general categories Cc (control), Cf (format: zero-width characters
+//!   U+200B..U+200F, bidi controls U+202A..U+202E and U+2066..U+2069, word joiner and
+//!   invisible operators U+2060..U+2064, the BOM U+FEFF, tag characters, ...), Zl and Zp
+//!   (line and paragraph separators), as of Unicode 16.0. Such characters are invisible or
+//!   reorder text, so two ids that look the same on a screen could otherwise be different
+//!   keys. Shops' own order numbers such as `#1001` or e-mail-like customer ids are accepted
+//!   as they are. [`ID_PATTERN`] is the same rule as a regular expression (the OpenAPI
+//!   document declares it); a test checks the two agree on every Unicode scalar value.
 //! - `BlobKey`: 1..=512 chars, `/`-separated segments of `[A-Za-z0-9._=-]`, no `.`/`..`.
 
 use std::fmt;
@@ -23,6 +30,89 @@ pub const MAX_TENANT_CHARS: usize = 64;
 /// Maximum length of a blob key.
 pub const MAX_BLOB_KEY_CHARS: usize = 512;
 
+/// Characters no ordinary id may hold anywhere, as inclusive ranges: Unicode general
+/// categories Cc, Cf, Zl and Zp (Unicode 16.0). A fixed table rather than a Unicode-database
+/// lookup so that [`ID_PATTERN`] can spell exactly the same set.
+pub const FORBIDDEN_ID_CHARS: &[(char, char)] = &[
+    ('\u{0000}', '\u{001F}'),   // Cc: C0 controls
+    ('\u{007F}', '\u{009F}'),   // Cc: DEL and C1 controls
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{0600}', '\u{0605}'),   // Arabic number signs
+    ('\u{061C}', '\u{061C}'),   // Arabic letter mark (bidi)
+    ('\u{06DD}', '\u{06DD}'),   // Arabic end of ayah
+    ('\u{070F}', '\u{070F}'),   // Syriac abbreviation mark
+    ('\u{0890}', '\u{0891}'),   // Arabic pound and piastre marks above
+    ('\u{08E2}', '\u{08E2}'),   // Arabic disputed end of ayah
+    ('\u{180E}', '\u{180E}'),   // Mongolian vowel separator
+    ('\u{200B}', '\u{200F}'),   // zero-width space/non-joiner/joiner, LRM, RLM
+    ('\u{2028}', '\u{202E}'),   // line and paragraph separators (Zl, Zp), bidi embeddings
+    ('\u{2060}', '\u{2064}'),   // word joiner, invisible operators
+    ('\u{2066}', '\u{206F}'),   // bidi isolates, deprecated format characters
+    ('\u{FEFF}', '\u{FEFF}'),   // zero-width no-break space (BOM)
+    ('\u{FFF9}', '\u{FFFB}'),   // interlinear annotation controls
+    ('\u{110BD}', '\u{110BD}'), // Kaithi number sign
+    ('\u{110CD}', '\u{110CD}'), // Kaithi number sign above
+    ('\u{13430}', '\u{1343F}'), // Egyptian hieroglyph format controls
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical symbol beam and slur controls
+    ('\u{E0001}', '\u{E0001}'), // language tag
+    ('\u{E0020}', '\u{E007F}'), // tag characters
+];
+
+/// White space an ordinary id may hold inside but not at either end: Unicode White_Space
+/// (what `str::trim` removes) less the characters [`FORBIDDEN_ID_CHARS`] already refuses.
+pub const EDGE_SPACE_CHARS: &[(char, char)] = &[
+    (' ', ' '),
+    ('\u{00A0}', '\u{00A0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200A}'),
+    ('\u{202F}', '\u{202F}'),
+    ('\u{205F}', '\u{205F}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// [`FORBIDDEN_ID_CHARS`] as the inside of a regular-expression character class.
+macro_rules! forbidden_class {
+    () => {
+        concat!(
+            "\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890-\\u0891",
+            "\\u08E2\\u180E\\u200B-\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF",
+            "\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}",
+            "\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}",
+        )
+    };
+}
+
+/// [`EDGE_SPACE_CHARS`] as the inside of a regular-expression character class.
+macro_rules! edge_space_class {
+    () => {
+        "\\u0020\\u00A0\\u1680\\u2000-\\u200A\\u202F\\u205F\\u3000"
+    };
+}
+
+/// The ordinary-id rule (without its length, which depends on the id) as an ECMA-262 /
+/// JSON Schema regular expression: a first character that is neither forbidden nor white
+/// space, then optionally any allowed characters ending in one that is not white space.
+/// Built from [`FORBIDDEN_ID_CHARS`] and [`EDGE_SPACE_CHARS`] (a test checks it). Code points
+/// of the Basic Multilingual Plane are written `\uXXXX`; those above it appear as the
+/// characters themselves, because ECMA-262 spells them `\u{...}` only in its `u` mode and
+/// Python's `re` (which test generators such as schemathesis use) does not read that form.
+pub const ID_PATTERN: &str = concat!(
+    "^[^",
+    forbidden_class!(),
+    edge_space_class!(),
+    "](?:[^",
+    forbidden_class!(),
+    "]*[^",
+    forbidden_class!(),
+    edge_space_class!(),
+    "])?$"
+);
+
+fn in_ranges(table: &[(char, char)], c: char) -> bool {
+    table.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
 /// Checks the ordinary-id rules; `what` names the field in the error.
 pub(crate) fn validate_id(what: &str, s: &str, max: usize) -> Result<()> {
     let n = s.chars().count();
@@ -35,10 +125,15 @@ pub(crate) fn validate_id(what: &str, s: &str, max: usize) -> Result<()> {
             format!("{:?} is {n} characters, at most {max} allowed", truncate(s)),
         ));
     }
-    if s.chars().any(char::is_control) {
+    if let Some(c) = s.chars().find(|&c| in_ranges(FORBIDDEN_ID_CHARS, c)) {
+        let kind = if c.is_control() {
+            "a control character"
+        } else {
+            "an invisible formatting or separator character"
+        };
         return Err(Error::invalid(
             what,
-            format!("{:?} contains a control character", truncate(s)),
+            format!("{:?} contains U+{:04X}, {kind}", truncate(s), u32::from(c)),
         ));
     }
     if s.trim() != s {
@@ -376,6 +471,112 @@ mod tests {
         assert!(ItemId::parse("padded ").is_err());
         let err = CustomerId::parse("a\u{0}").unwrap_err().to_string();
         assert!(err.contains("customer_id"), "{err}");
+    }
+
+    #[test]
+    fn ordinary_ids_reject_invisible_and_bidi_characters() {
+        for bad in [
+            "a\u{200B}b", // zero-width space
+            "a\u{200D}b", // zero-width joiner
+            "a\u{200E}b", // left-to-right mark
+            "a\u{202E}b", // right-to-left override
+            "a\u{2060}b", // word joiner
+            "a\u{2066}b", // left-to-right isolate
+            "a\u{2069}b", // pop directional isolate
+            "\u{FEFF}ab", // byte order mark
+            "a\u{00AD}b", // soft hyphen
+            "a\u{2028}b", // line separator
+            "a\u{E0041}", // tag letter A
+            "a\u{0085}b", // next line (C1 control)
+        ] {
+            let err = ItemId::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("item_id") && err.contains("U+"),
+                "{bad:?}: {err}"
+            );
+        }
+        // Visible non-ASCII text, joiners inside emoji excepted, stays valid.
+        assert!(CustomerId::parse("Zoë Ω 北京 🙂").is_ok());
+        assert!(ItemId::parse("a\u{00A0}b").is_ok());
+        assert!(ItemId::parse("\u{00A0}ab").is_err());
+        assert!(ItemId::parse("ab\u{3000}").is_err());
+    }
+
+    /// The inside of a character class spelling `table`, as [`ID_PATTERN`] does.
+    fn class_of(table: &[(char, char)]) -> String {
+        let one = |c: char| {
+            if u32::from(c) <= 0xFFFF {
+                format!("\\u{:04X}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        };
+        table
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    one(lo)
+                } else {
+                    format!("{}-{}", one(lo), one(hi))
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn id_pattern_is_built_from_the_tables() {
+        let f = class_of(FORBIDDEN_ID_CHARS);
+        let w = class_of(EDGE_SPACE_CHARS);
+        assert_eq!(ID_PATTERN, format!("^[^{f}{w}](?:[^{f}]*[^{f}{w}])?$"));
+        // The edge table is exactly White_Space (what `trim` removes) minus the forbidden set.
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            let edge = c.is_whitespace() && !in_ranges(FORBIDDEN_ID_CHARS, c);
+            assert_eq!(
+                in_ranges(EDGE_SPACE_CHARS, c),
+                edge,
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+    }
+
+    #[test]
+    fn id_pattern_agrees_with_validate_id() {
+        let re = regex::Regex::new(ID_PATTERN).unwrap();
+        let agrees = |s: &str| {
+            let by_rule = validate_id("id", s, usize::MAX).is_ok();
+            assert_eq!(re.is_match(s), by_rule, "{s:?}: validate_id says {by_rule}");
+        };
+        for sample in [
+            "a",
+            "#1001",
+            "jane+shop@example.com",
+            "SKU 12/β",
+            "a b",
+            " a",
+            "a ",
+            "\u{3000}a",
+            "a\u{2029}",
+            "",
+            "a\nb",
+            "\u{200B}",
+            "a\u{202A}b",
+            "🙂",
+            "👩\u{200D}💻",
+        ] {
+            agrees(sample);
+        }
+        // Every Unicode scalar value alone, inside and at both ends of an id.
+        let mut buf = String::new();
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            for (pre, post) in [("", ""), ("a", "b"), ("a", ""), ("", "b")] {
+                buf.clear();
+                buf.push_str(pre);
+                buf.push(c);
+                buf.push_str(post);
+                agrees(&buf);
+            }
+        }
     }
 
     #[test]

@@ -242,14 +242,14 @@ fn parse_currency(row: &Row<'_>) -> Result<Option<Currency>, FieldError> {
         .transpose()
 }
 
-fn parse_purchase(row: &Row<'_>) -> Result<Purchase, FieldError> {
+fn parse_purchase(row: &Row<'_>, now: DateTime<Utc>) -> Result<Purchase, FieldError> {
     let line_v = row.req("line")?;
     let quantity = match row.opt("quantity") {
         Some(v) => NonZeroU32::new(parse_u32("quantity", v)?)
             .ok_or_else(|| ferr("quantity", v, "must be at least 1"))?,
         None => NonZeroU32::MIN,
     };
-    Ok(Purchase {
+    let purchase = Purchase {
         order_id: row.id("order_id", OrderId::parse)?,
         line: parse_u32("line", line_v)?,
         customer_id: row.id("customer_id", CustomerId::parse)?,
@@ -258,7 +258,12 @@ fn parse_purchase(row: &Row<'_>) -> Result<Purchase, FieldError> {
         unit_price_minor: parse_price(row, "unit_price_minor", "unit_price", true)?,
         currency: parse_currency(row)?,
         purchased_at: parse_time("purchased_at", row.req("purchased_at")?)?,
-    })
+    };
+    purchase.validate_at(now).map_err(|e| match e {
+        Error::Invalid { field, reason } => ferr(&field, "", reason),
+        other => ferr("row", "", other.to_string()),
+    })?;
+    Ok(purchase)
 }
 
 fn parse_item(row: &Row<'_>, now: DateTime<Utc>) -> Result<CatalogItem, FieldError> {
@@ -508,13 +513,10 @@ pub async fn import_purchases<R: Read>(
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
-    let (rows, skipped) = parse_all(
-        reader,
-        file,
-        PURCHASE_COLUMNS,
-        options.skip_bad_rows,
-        parse_purchase,
-    )?;
+    let now = Utc::now();
+    let (rows, skipped) = parse_all(reader, file, PURCHASE_COLUMNS, options.skip_bad_rows, |r| {
+        parse_purchase(r, now)
+    })?;
     let mut report = ImportReport {
         rows_read: (rows.len() + skipped.len()) as u64,
         skipped,
@@ -681,13 +683,9 @@ mod tests {
         let csv = "order_id,line,customer_id,item_id,quantity,unit_price_minor,purchased_at\n\
                    o1,1,c1,i1,1,100,2024-01-01\n\
                    o2,1,c1,i2,zero,100,2024-01-01\n";
-        let err = parse_all(
-            csv.as_bytes(),
-            "p.csv",
-            PURCHASE_COLUMNS,
-            false,
-            parse_purchase,
-        )
+        let err = parse_all(csv.as_bytes(), "p.csv", PURCHASE_COLUMNS, false, |r| {
+            parse_purchase(r, Utc::now())
+        })
         .unwrap_err();
         match err {
             Error::BadRow(b) => {
@@ -707,7 +705,7 @@ mod tests {
             "p.csv",
             PURCHASE_COLUMNS,
             true,
-            parse_purchase,
+            |r| parse_purchase(r, Utc::now()),
         )
         .unwrap_err()
         .to_string();
@@ -720,7 +718,7 @@ mod tests {
             "p.csv",
             PURCHASE_COLUMNS,
             true,
-            parse_purchase,
+            |r| parse_purchase(r, Utc::now()),
         )
         .unwrap_err()
         .to_string();
@@ -734,13 +732,9 @@ mod tests {
                    o2,1,c1\n\
                    o3,x,c1,i1,1.00,2024-01-01\n\
                    o4,1,c1,i1,1.00,2024-01-01\n";
-        let (good, skipped) = parse_all(
-            csv.as_bytes(),
-            "p.csv",
-            PURCHASE_COLUMNS,
-            true,
-            parse_purchase,
-        )
+        let (good, skipped) = parse_all(csv.as_bytes(), "p.csv", PURCHASE_COLUMNS, true, |r| {
+            parse_purchase(r, Utc::now())
+        })
         .unwrap();
         assert_eq!(good.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![2, 5]);
         assert_eq!(

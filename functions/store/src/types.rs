@@ -21,6 +21,18 @@ pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 pub const MAX_TEXT_CHARS: usize = 2048;
 /// Largest JSON document (offer, params, metrics, attributes) in serialized bytes.
 pub const MAX_JSON_BYTES: usize = 64 * 1024;
+/// Largest quantity of one purchase line. Far above any real order line; its purpose is
+/// that `quantity x unit price` always fits in an `i64` (see [`MAX_PRICE_MINOR`]).
+pub const MAX_QUANTITY: u32 = 1_000_000;
+/// Largest price in minor units (10^12: ten billion in a two-decimal currency). With
+/// [`MAX_QUANTITY`] a line total is at most 10^18 minor units, below `i64::MAX` (~9.2 x 10^18),
+/// so sums of spend cannot overflow on one line; a larger value is a unit mistake (a price
+/// sent in micro-units, a timestamp in the price column), not a price.
+pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+/// How far after the time of ingestion a purchase or offer event may be dated, in
+/// milliseconds (one day): room for clock skew and time zones, not for a mistyped year
+/// that would make the customer look active for years and put the data watermark ahead.
+pub const MAX_FUTURE_MS: i64 = 86_400_000;
 
 /// Truncates a timestamp to millisecond precision, the precision every backend stores.
 pub fn to_millis(t: DateTime<Utc>) -> i64 {
@@ -46,6 +58,32 @@ pub fn validate_time(field: &str, t: DateTime<Utc>) -> Result<()> {
         return Err(Error::invalid(
             field,
             format!("{t} is outside 1970-01-01..=9999-12-31"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a user-supplied time is at most [`MAX_FUTURE_MS`] after `now` (the time of
+/// ingestion, passed in so the rule stays a pure function of its inputs).
+pub fn validate_not_future(field: &str, t: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    if t.timestamp_millis() > now.timestamp_millis().saturating_add(MAX_FUTURE_MS) {
+        return Err(Error::invalid(
+            field,
+            format!("{t} is more than one day after the time of ingestion ({now})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a price lies in 0..=[`MAX_PRICE_MINOR`].
+fn validate_price(field: &str, v: i64) -> Result<()> {
+    if v < 0 {
+        return Err(Error::invalid(field, format!("{v} must not be negative")));
+    }
+    if v > MAX_PRICE_MINOR {
+        return Err(Error::invalid(
+            field,
+            format!("{v} is above the largest accepted price, {MAX_PRICE_MINOR} minor units"),
         ));
     }
     Ok(())
@@ -97,15 +135,27 @@ pub struct Purchase {
 }
 
 impl Purchase {
-    /// Checks the rules types cannot express: non-negative price, timestamp range.
+    /// Checks the rules types cannot express and that hold whenever the row was written:
+    /// quantity at most [`MAX_QUANTITY`], price in 0..=[`MAX_PRICE_MINOR`], timestamp range.
     pub fn validate(&self) -> Result<()> {
-        if self.unit_price_minor < 0 {
+        if self.quantity.get() > MAX_QUANTITY {
             return Err(Error::invalid(
-                "unit_price_minor",
-                format!("{} must not be negative", self.unit_price_minor),
+                "quantity",
+                format!(
+                    "{} is above the largest accepted quantity, {MAX_QUANTITY}",
+                    self.quantity
+                ),
             ));
         }
+        validate_price("unit_price_minor", self.unit_price_minor)?;
         validate_time("purchased_at", self.purchased_at)
+    }
+
+    /// [`Purchase::validate`] plus the rule of new rows: dated at most one day after `now`,
+    /// the time of ingestion.
+    pub fn validate_at(&self, now: DateTime<Utc>) -> Result<()> {
+        self.validate()?;
+        validate_not_future("purchased_at", self.purchased_at, now)
     }
 
     /// Copy with the timestamp truncated to stored precision.
@@ -264,14 +314,9 @@ pub struct CatalogItem {
 }
 
 impl CatalogItem {
-    /// Checks price, text length, timestamp range and attribute size.
+    /// Checks price (0..=[`MAX_PRICE_MINOR`]), text length, timestamp range and attribute size.
     pub fn validate(&self) -> Result<()> {
-        if self.price_minor < 0 {
-            return Err(Error::invalid(
-                "price_minor",
-                format!("{} must not be negative", self.price_minor),
-            ));
-        }
+        validate_price("price_minor", self.price_minor)?;
         validate_text("title", &self.title)?;
         validate_time("created_at", self.created_at)?;
         if let Some(a) = &self.attributes {
@@ -506,6 +551,13 @@ impl OfferEvent {
     /// Checks the timestamp range.
     pub fn validate(&self) -> Result<()> {
         validate_time("at", self.at)
+    }
+
+    /// [`OfferEvent::validate`] plus the rule of new events: dated at most one day after
+    /// `now`, the time of ingestion.
+    pub fn validate_at(&self, now: DateTime<Utc>) -> Result<()> {
+        self.validate()?;
+        validate_not_future("at", self.at, now)
     }
 
     /// Copy with timestamps truncated to stored precision.
@@ -1060,6 +1112,85 @@ mod tests {
         let mut p = purchase();
         p.purchased_at = Utc.with_ymd_and_hms(1969, 12, 31, 0, 0, 0).unwrap();
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn purchase_quantity_and_price_are_bounded() {
+        let mut p = purchase();
+        p.quantity = NonZeroU32::new(MAX_QUANTITY).unwrap();
+        p.unit_price_minor = MAX_PRICE_MINOR;
+        assert!(p.validate().is_ok());
+        // The bounds keep a line total inside i64.
+        assert!(
+            i64::from(MAX_QUANTITY)
+                .checked_mul(MAX_PRICE_MINOR)
+                .is_some()
+        );
+        let mut q = p.clone();
+        q.quantity = NonZeroU32::new(MAX_QUANTITY + 1).unwrap();
+        let err = q.validate().unwrap_err().to_string();
+        assert!(err.contains("quantity"), "{err}");
+        let mut q = p;
+        q.unit_price_minor = MAX_PRICE_MINOR + 1;
+        let err = q.validate().unwrap_err().to_string();
+        assert!(err.contains("unit_price_minor"), "{err}");
+    }
+
+    #[test]
+    fn item_price_is_bounded() {
+        let mut item = CatalogItem {
+            item_id: ItemId::parse("i1").unwrap(),
+            title: "Beans".into(),
+            category: None,
+            price_minor: MAX_PRICE_MINOR,
+            currency: None,
+            in_stock: true,
+            created_at: Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap(),
+            repurchasable: false,
+            attributes: None,
+        };
+        assert!(item.validate().is_ok());
+        item.price_minor = MAX_PRICE_MINOR + 1;
+        assert!(
+            item.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("price_minor")
+        );
+        item.price_minor = -1;
+        assert!(
+            item.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("price_minor")
+        );
+    }
+
+    #[test]
+    fn new_rows_may_be_dated_at_most_one_day_ahead() {
+        let p = purchase();
+        let day = chrono::Duration::milliseconds(MAX_FUTURE_MS);
+        // Exactly one day ahead of ingestion is accepted, a millisecond more is not.
+        assert!(p.validate_at(p.purchased_at - day).is_ok());
+        let late = p.purchased_at - day - chrono::Duration::milliseconds(1);
+        let err = p.validate_at(late).unwrap_err().to_string();
+        assert!(err.contains("purchased_at"), "{err}");
+        // Past purchases are fine; stored rows are not judged against a clock.
+        assert!(p.validate_at(p.purchased_at + day * 365).is_ok());
+        assert!(p.validate().is_ok());
+
+        let e = OfferEvent {
+            event_id: EventId::parse("e1").unwrap(),
+            customer_id: CustomerId::parse("c1").unwrap(),
+            offer_id: OfferId::parse("o1").unwrap(),
+            kind: OfferEventKind::Shown,
+            channel: Channel::parse("email").unwrap(),
+            recommendation_id: None,
+            at: p.purchased_at,
+        };
+        assert!(e.validate_at(e.at).is_ok());
+        let err = e.validate_at(e.at - day * 2).unwrap_err().to_string();
+        assert!(err.starts_with("invalid at:"), "{err}");
     }
 
     #[test]

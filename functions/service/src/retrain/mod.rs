@@ -325,19 +325,26 @@ impl RetrainSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
-    /// Embedding dimension.
+    /// Embedding dimension (1..=1024).
+    #[schema(minimum = 1, maximum = 1024)]
     pub factors: Option<usize>,
-    /// ALS iterations.
+    /// ALS iterations (1..=1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub iterations: Option<usize>,
-    /// L2 regularisation.
+    /// L2 regularisation (finite, >= 0).
+    #[schema(minimum = 0, maximum = 3.402_823_466_385_288_6e38)]
     pub regularization: Option<f32>,
-    /// Confidence scale.
+    /// Confidence scale (finite, > 0).
+    #[schema(exclusive_minimum = 0, maximum = 3.402_823_466_385_288_6e38)]
     pub alpha: Option<f32>,
-    /// Frequency scaling exponent of the regulariser.
+    /// Frequency scaling exponent of the regulariser (0..=2).
+    #[schema(minimum = 0, maximum = 2)]
     pub reg_exponent: Option<f32>,
-    /// Half-life of a purchase's weight in days.
+    /// Half-life of a purchase's weight in days (> 0).
+    #[schema(exclusive_minimum = 0)]
     pub half_life_days: Option<f64>,
-    /// Neighbours precomputed per item.
+    /// Neighbours precomputed per item (1..=500).
+    #[schema(minimum = 1, maximum = 500)]
     pub neighbours: Option<usize>,
 }
 
@@ -396,7 +403,9 @@ impl TrainParams {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TuneRequest {
-    /// Wall-clock budget of the search; the trial running when it ends completes.
+    /// Wall-clock budget of the search (1..=3600 seconds); the trial running when it ends
+    /// completes.
+    #[schema(minimum = 1, maximum = 3600)]
     pub budget_seconds: u64,
 }
 

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use crate::auth::Caller;
 use crate::customer_data::{self, Erasure};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, store_reason};
+use crate::extract::{ApiJson, ApiPath, Id, store_reason};
 use crate::routes::insight::ConsentOut;
 use crate::state::AppState;
 
@@ -34,7 +34,7 @@ fn customer(raw: String) -> Result<CustomerId, ApiError> {
     delete,
     path = "/v1/customers/{customer_id}",
     tag = "customers",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = Id, Path, description = "The customer")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "What was removed, per kind (all zero when nothing was left)", body = Erasure),
@@ -84,7 +84,7 @@ pub struct ConsentAnswer {
     put,
     path = "/v1/customers/{customer_id}/consent",
     tag = "customers",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = Id, Path, description = "The customer")),
     request_body = ConsentOut,
     security(("api_key" = [])),
     responses(

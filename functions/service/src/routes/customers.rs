@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use crate::answers::{Options, Recommendations};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiPath, ApiQuery, K, exclude_list, store_reason};
+use crate::extract::{ApiPath, ApiQuery, ExcludedId, Id, K, exclude_list, store_reason};
 use crate::settings::DEFAULT_K;
 use crate::state::AppState;
 use crate::telemetry::{CustomerTag, ModelVersionTag};
@@ -33,11 +33,12 @@ pub struct CustomerQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub k: Option<K>,
     /// Only items of this category.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<Id>)]
     pub category: Option<Category>,
     /// Only items the catalog lists as in stock (default true).
     pub in_stock: Option<bool>,
     /// Comma-separated item ids never to return (at most 100).
+    #[param(value_type = Option<Vec<ExcludedId>>, max_items = 100, style = Form, explode = false)]
     pub exclude: Option<String>,
     /// Also return items the customer already bought (default false).
     pub include_purchased: Option<bool>,
@@ -49,7 +50,7 @@ pub struct CustomerQuery {
     path = "/v1/customers/{customer_id}/recommendations",
     tag = "recommendations",
     params(
-        ("customer_id" = String, Path, description = "The customer (1..=128 characters, no control characters)"),
+        ("customer_id" = Id, Path, description = "The customer (an `Id`)"),
         CustomerQuery
     ),
     security(("api_key" = [])),

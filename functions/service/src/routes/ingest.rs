@@ -21,7 +21,8 @@ use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, batch_len, store_reason};
+use crate::extract::{ApiJson, Id, batch_len, lenient_rows, store_reason};
+use crate::settings::Limits;
 use crate::state::AppState;
 
 /// Routes of this group.
@@ -36,29 +37,38 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct PurchaseIn {
     /// Order number (1..=128 characters).
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub order_id: OrderId,
     /// Line within the order (default 1); (order_id, line) is the row's identity.
     #[serde(default = "one")]
     pub line: u32,
     /// Who bought.
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub customer_id: CustomerId,
     /// What was bought.
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub item_id: ItemId,
-    /// Units (default 1, at least 1).
+    /// Units (default 1, 1..=1,000,000).
     #[serde(default = "one_unit")]
-    #[schema(value_type = u32, minimum = 1)]
+    #[schema(value_type = u32, minimum = 1, maximum = 1_000_000)]
     pub quantity: NonZeroU32,
-    /// Unit price in minor units (cents), not negative (default 0).
+    /// Unit price in minor units (cents), 0..=10^12 (default 0).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub unit_price_minor: i64,
     /// ISO 4217 code, e.g. `EUR`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$")]
     pub currency: Option<Currency>,
-    /// When it was bought (RFC 3339).
+    /// When it was bought (RFC 3339, 1970..=9999, at most one day after the request).
     pub purchased_at: DateTime<Utc>,
+}
+
+fn purchase_rows() -> utoipa::openapi::schema::Array {
+    lenient_rows::<PurchaseIn>(Limits::default().max_batch)
+}
+
+fn item_rows() -> utoipa::openapi::schema::Array {
+    lenient_rows::<ItemIn>(Limits::default().max_batch)
 }
 
 fn one() -> u32 {
@@ -73,8 +83,8 @@ fn one_unit() -> NonZeroU32 {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBatch {
-    /// The rows (1..=500).
-    #[schema(value_type = Vec<PurchaseIn>)]
+    /// The rows (1..=500): each a `PurchaseIn`; a row that is not one is answered `invalid`.
+    #[schema(schema_with = purchase_rows)]
     pub purchases: Vec<serde_json::Value>,
 }
 
@@ -83,19 +93,21 @@ pub struct PurchaseBatch {
 #[serde(deny_unknown_fields)]
 pub struct ItemIn {
     /// Item id (1..=128 characters).
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub item_id: ItemId,
     /// Display title (at most 2048 characters).
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub title: String,
     /// Category.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Id>)]
     pub category: Option<Category>,
-    /// Price in minor units, not negative (default 0).
+    /// Price in minor units, 0..=10^12 (default 0).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_minor: i64,
     /// ISO 4217 code.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$")]
     pub currency: Option<Currency>,
     /// Whether it can be bought now (default true).
     #[serde(default = "yes")]
@@ -118,8 +130,8 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemBatch {
-    /// The rows (1..=500).
-    #[schema(value_type = Vec<ItemIn>)]
+    /// The rows (1..=500): each an `ItemIn`; a row that is not one is answered `invalid`.
+    #[schema(schema_with = item_rows)]
     pub items: Vec<serde_json::Value>,
 }
 
@@ -243,8 +255,10 @@ async fn ingest_purchases(
 ) -> Result<Json<BatchResult>, ApiError> {
     caller.require(Scope::Ingest)?;
     batch_len("purchases", batch.purchases.len(), state.limits.max_batch)?;
-    let (rows, mut results) =
-        parse_rows(batch.purchases, |p: &PurchaseIn| to_purchase(p).validate());
+    let now = Utc::now();
+    let (rows, mut results) = parse_rows(batch.purchases, |p: &PurchaseIn| {
+        to_purchase(p).validate_at(now)
+    });
     let purchases: Vec<Purchase> = rows.iter().map(|(_, p)| to_purchase(p)).collect();
     if !purchases.is_empty() {
         let outcomes = state

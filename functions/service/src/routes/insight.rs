@@ -20,7 +20,9 @@ use utoipa_axum::routes;
 use crate::auth::Caller;
 use crate::crm::{self, CrmSnapshot, DueKey};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, batch_len, item_id, store_reason};
+use crate::extract::{
+    ApiJson, ApiPath, ApiQuery, ChannelName, Id, batch_len, item_id, store_reason,
+};
 use crate::loader::Serving;
 use crate::ratelimit::Expensive;
 use crate::state::AppState;
@@ -240,6 +242,7 @@ fn titles(engine: &OfferEngine<'_>) -> HashMap<String, Option<String>> {
 #[into_params(parameter_in = Query)]
 pub struct OffersQuery {
     /// The channel asking (email, web, app, ...; 1..=64 characters).
+    #[param(value_type = ChannelName)]
     pub channel: String,
     /// Most offers (1..=20, default 3).
     #[param(minimum = 1, maximum = 20)]
@@ -254,7 +257,7 @@ pub struct OffersQuery {
     get,
     path = "/v1/customers/{customer_id}/offers",
     tag = "offers",
-    params(("customer_id" = String, Path, description = "The customer"), OffersQuery),
+    params(("customer_id" = Id, Path, description = "The customer"), OffersQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Best offers first", body = OffersAnswer),
@@ -313,10 +316,13 @@ async fn customer_offers(
 #[serde(deny_unknown_fields)]
 pub struct BatchIn {
     /// The customers (1..=1000).
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 1000)]
     pub customer_ids: Vec<String>,
     /// The channel.
+    #[schema(value_type = ChannelName)]
     pub channel: String,
     /// Most offers per customer (1..=20, default 3).
+    #[schema(minimum = 1, maximum = 20)]
     pub limit: Option<u32>,
     /// Allow two offers of the same category (default false).
     pub allow_same_category: Option<bool>,
@@ -462,7 +468,7 @@ pub struct Audience {
     get,
     path = "/v1/items/{item_id}/audience",
     tag = "offers",
-    params(("item_id" = String, Path, description = "The item"), AudienceQuery),
+    params(("item_id" = Id, Path, description = "The item"), AudienceQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Likeliest buyers first", body = Audience),
@@ -607,7 +613,7 @@ pub struct ProfileOut {
     get,
     path = "/v1/customers/{customer_id}/profile",
     tag = "offers",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = Id, Path, description = "The customer")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The profile", body = ProfileOut),

@@ -10,8 +10,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
-use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi as OpenApiDoc, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -40,7 +40,14 @@ pub const SECURITY: &str = "api_key";
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerKey),
-    components(schemas(ErrorBody)),
+    components(schemas(
+        ErrorBody,
+        crate::extract::Id,
+        crate::extract::ExcludedId,
+        ingest::PurchaseIn,
+        ingest::ItemIn,
+        offers::EventIn
+    )),
     tags(
         (name = "recommendations", description = "Similar items, baskets, customers"),
         (name = "ingestion", description = "Purchases and catalog items"),
@@ -64,6 +71,75 @@ impl Modify for BearerKey {
     }
 }
 
+/// The error answers every operation of a kind can give, whatever its handler: a JSON body
+/// can be malformed (400), too large (413), not JSON (415) or of the wrong shape (422); a
+/// path or query parameter can be invalid (400). Added to each operation that does not
+/// already describe them, after all route groups are merged, so a new route gets them
+/// without copying lines (and the document stays true to what the extractors answer).
+struct CommonResponses;
+
+impl CommonResponses {
+    const BODY: &[(&str, &str)] = &[
+        ("400", "Malformed JSON, or an invalid value"),
+        ("413", "Body too large"),
+        (
+            "415",
+            "Body is not JSON (send `Content-Type: application/json`)",
+        ),
+        (
+            "422",
+            "JSON of the wrong shape (a missing, mistyped or unknown field)",
+        ),
+    ];
+    const PARAMS: &[(&str, &str)] = &[("400", "Invalid path or query parameter")];
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut add = |codes: &[(&str, &str)]| {
+                    for (code, description) in codes {
+                        op.responses
+                            .responses
+                            .entry((*code).to_owned())
+                            .or_insert_with(|| error_response(description));
+                    }
+                };
+                if json_body {
+                    add(Self::BODY);
+                }
+                if has_params {
+                    add(Self::PARAMS);
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build()
+        .into()
+}
+
 /// Every route with its OpenAPI description, not yet bound to state.
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -80,7 +156,9 @@ pub fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of exactly the routes [`router`] serves.
 pub fn openapi() -> OpenApiDoc {
-    api().split_for_parts().1
+    let mut doc = api().split_for_parts().1;
+    CommonResponses.modify(&mut doc);
+    doc
 }
 
 /// The OpenAPI document as pretty JSON (what `GET /v1/openapi.json` serves and

@@ -29,7 +29,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, store_reason};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Id, store_reason};
 use crate::ratelimit::Expensive;
 use crate::retrain::trigger::Mode;
 use crate::retrain::versions::{self, VersionView};
@@ -180,6 +180,7 @@ pub struct RetrainBody {
     pub force: bool,
     /// Idempotency key (1..=128 characters): a repeated request with the id of a finished
     /// job starts nothing. Default: a fresh id.
+    #[schema(value_type = Option<Id>)]
     pub job_id: Option<String>,
     /// Training parameter overrides; absent ones keep the configured values.
     #[serde(default)]
@@ -380,7 +381,7 @@ fn version_id(raw: String) -> Result<ModelVersionId, ApiError> {
     get,
     path = "/v1/models/{version}",
     tag = "models",
-    params(("version" = String, Path, description = "Model version id")),
+    params(("version" = Id, Path, description = "Model version id")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The version", body = VersionInfo),
@@ -411,7 +412,7 @@ async fn show_model(
     get,
     path = "/v1/models/{version}/report",
     tag = "models",
-    params(("version" = String, Path, description = "Model version id")),
+    params(("version" = Id, Path, description = "Model version id")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The report page", content_type = "text/html; charset=utf-8", body = String),
@@ -477,7 +478,7 @@ fn served_now(state: &AppState, tenant: &TenantId) {
     post,
     path = "/v1/models/{version}/promote",
     tag = "models",
-    params(("version" = String, Path, description = "Model version id")),
+    params(("version" = Id, Path, description = "Model version id")),
     request_body = PromoteBody,
     security(("api_key" = [])),
     responses(
@@ -563,7 +564,7 @@ impl From<JobRecord> for JobInfo {
     get,
     path = "/v1/jobs/{job_id}",
     tag = "models",
-    params(("job_id" = String, Path, description = "Job id (from `POST /v1/models:retrain`)")),
+    params(("job_id" = Id, Path, description = "Job id (from `POST /v1/models:retrain`)")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The job", body = JobInfo),

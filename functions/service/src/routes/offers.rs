@@ -25,10 +25,13 @@ use utoipa_axum::routes;
 use crate::auth::Caller;
 use crate::crm;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, batch_len, store_reason};
+use crate::extract::{
+    ApiJson, ApiPath, ChannelName, Id, batch_len, lenient_rows, store_reason, string_enum,
+};
 use crate::ratelimit::Expensive;
 use crate::routes::ingest::{BatchResult, RowResult, parse_rows};
 use crate::routes::insight::{insight, parse_channel};
+use crate::settings::Limits;
 use crate::state::AppState;
 
 /// Routes of this group.
@@ -44,6 +47,63 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Id a draft offer gets in a dry run (cannot collide: offer ids may not start with `~`
 /// in documents created through this API).
 const DRAFT_ID: &str = "~draft";
+
+/// OpenAPI schema of an offer id chosen at creation: an [`Id`] not starting with `~`
+/// (reserved for the dry run's draft).
+pub struct NewOfferId;
+
+impl utoipa::PartialSchema for NewOfferId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut schema = Id::schema();
+        if let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o)) = &mut schema {
+            o.pattern = o.pattern.as_ref().map(|p| p.replacen("^[^", "^[^~", 1));
+            o.description = Some("An `Id` that does not start with `~`".to_owned());
+        }
+        schema
+    }
+}
+
+impl ToSchema for NewOfferId {}
+
+/// OpenAPI schema of an offer status: `active`, `paused` or `archived`.
+pub struct OfferStatusName;
+
+impl utoipa::PartialSchema for OfferStatusName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            [
+                OfferStatus::Active,
+                OfferStatus::Paused,
+                OfferStatus::Archived,
+            ]
+            .map(OfferStatus::as_str),
+        )
+    }
+}
+
+impl ToSchema for OfferStatusName {}
+
+/// OpenAPI schema of an offer event kind: `shown`, `accepted` or `declined`.
+pub struct EventKindName;
+
+impl utoipa::PartialSchema for EventKindName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            [
+                OfferEventKind::Shown,
+                OfferEventKind::Accepted,
+                OfferEventKind::Declined,
+            ]
+            .map(OfferEventKind::as_str),
+        )
+    }
+}
+
+impl ToSchema for EventKindName {}
+
+fn event_rows() -> utoipa::openapi::schema::Array {
+    lenient_rows::<EventIn>(Limits::default().max_batch)
+}
 
 /// An offer as stored: its id, status and document.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -76,8 +136,10 @@ impl From<OfferRecord> for OfferOut {
 #[serde(deny_unknown_fields)]
 pub struct NewOffer {
     /// Offer id (1..=128 characters, not starting with `~`).
+    #[schema(value_type = NewOfferId)]
     pub offer_id: String,
     /// `active` (default), `paused` or `archived`.
+    #[schema(value_type = Option<OfferStatusName>)]
     pub status: Option<String>,
     /// The offer document.
     #[schema(value_type = Object)]
@@ -89,6 +151,7 @@ pub struct NewOffer {
 #[serde(deny_unknown_fields)]
 pub struct OfferUpdate {
     /// New status.
+    #[schema(value_type = Option<OfferStatusName>)]
     pub status: Option<String>,
     /// New document (replaces the old one whole).
     #[schema(value_type = Option<Object>)]
@@ -225,7 +288,7 @@ async fn read_offer(state: &AppState, caller: &Caller, raw: &str) -> Result<Offe
     get,
     path = "/v1/offers/{offer_id}",
     tag = "offers",
-    params(("offer_id" = String, Path, description = "The offer")),
+    params(("offer_id" = Id, Path, description = "The offer")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The offer", body = OfferOut),
@@ -248,7 +311,7 @@ async fn get_offer(
     put,
     path = "/v1/offers/{offer_id}",
     tag = "offers",
-    params(("offer_id" = String, Path, description = "The offer")),
+    params(("offer_id" = Id, Path, description = "The offer")),
     request_body = OfferUpdate,
     security(("api_key" = [])),
     responses(
@@ -286,24 +349,24 @@ async fn update_offer(
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
     /// Idempotency key: a retried event with the same id is a duplicate.
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub event_id: EventId,
     /// The customer.
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub customer_id: CustomerId,
     /// The offer (must exist).
-    #[schema(value_type = String)]
+    #[schema(value_type = Id)]
     pub offer_id: OfferId,
     /// `shown`, `accepted` or `declined`.
-    #[schema(value_type = String)]
+    #[schema(value_type = EventKindName)]
     pub kind: OfferEventKind,
     /// Where (email, web, app, ...); caps and cooldowns count every channel.
-    #[schema(value_type = String)]
+    #[schema(value_type = ChannelName)]
     pub channel: Channel,
     /// The `recommendation_id` of the answer the offer came from.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Id>)]
     pub recommendation_id: Option<RecommendationId>,
-    /// When (RFC 3339; default now).
+    /// When (RFC 3339; default now; at most one day after the request).
     pub at: Option<DateTime<Utc>>,
 }
 
@@ -311,8 +374,8 @@ pub struct EventIn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
-    /// The events (1..=500).
-    #[schema(value_type = Vec<EventIn>)]
+    /// The events (1..=500): each an `EventIn`; a row that is not one is answered `invalid`.
+    #[schema(schema_with = event_rows)]
     pub events: Vec<serde_json::Value>,
 }
 
@@ -354,7 +417,7 @@ async fn record_events(
                 format!("unknown offer {:?}", e.offer_id.as_str()),
             ));
         }
-        to_event(e, now).validate()
+        to_event(e, now).validate_at(now)
     });
     let events: Vec<OfferEvent> = rows.iter().map(|(_, e)| to_event(e, now)).collect();
     if !events.is_empty() {
@@ -443,7 +506,7 @@ pub struct OfferReport {
     get,
     path = "/v1/offers/{offer_id}/report",
     tag = "offers",
-    params(("offer_id" = String, Path, description = "The offer")),
+    params(("offer_id" = Id, Path, description = "The offer")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Response counts", body = OfferReport),
@@ -482,11 +545,13 @@ async fn offer_report(
 #[serde(deny_unknown_fields)]
 pub struct DryRunIn {
     /// An existing offer (give this or `document`).
+    #[schema(value_type = Option<Id>)]
     pub offer_id: Option<String>,
     /// A draft offer document (give this or `offer_id`).
     #[schema(value_type = Option<Object>)]
     pub document: Option<serde_json::Value>,
     /// The channel to evaluate for (default `email`).
+    #[schema(value_type = Option<ChannelName>)]
     pub channel: Option<String>,
     /// The instant to evaluate at (default now): try an offer that starts next week.
     pub at: Option<DateTime<Utc>>,

@@ -13,7 +13,9 @@ use utoipa_axum::routes;
 use crate::answers::{Options, Recommendations};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, K, batch_len, exclude_list, item_id};
+use crate::extract::{
+    ApiJson, ApiPath, ApiQuery, ExcludedId, Id, K, batch_len, exclude_list, item_id,
+};
 use crate::settings::{DEFAULT_K, Limits};
 use crate::state::AppState;
 use crate::telemetry::ModelVersionTag;
@@ -34,11 +36,12 @@ pub struct FilterQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub k: Option<K>,
     /// Only items of this category.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<Id>)]
     pub category: Option<Category>,
     /// Only items the catalog lists as in stock (default true).
     pub in_stock: Option<bool>,
     /// Comma-separated item ids never to return (at most 100).
+    #[param(value_type = Option<Vec<ExcludedId>>, max_items = 100, style = Form, explode = false)]
     pub exclude: Option<String>,
 }
 
@@ -60,7 +63,7 @@ impl FilterQuery {
     path = "/v1/items/{item_id}/similar",
     tag = "recommendations",
     params(
-        ("item_id" = String, Path, description = "The item (1..=128 characters, no control characters)"),
+        ("item_id" = Id, Path, description = "The item (an `Id`)"),
         FilterQuery
     ),
     security(("api_key" = [])),
@@ -95,18 +98,18 @@ async fn similar_items(
 #[serde(deny_unknown_fields)]
 pub struct BasketRequest {
     /// Items in the basket (1..=50).
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 50)]
     pub items: Vec<ItemId>,
     /// How many items (1..=100, default 10).
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub k: Option<K>,
     /// Only items of this category.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Id>)]
     pub category: Option<Category>,
     /// Only items the catalog lists as in stock (default true).
     pub in_stock: Option<bool>,
     /// Item ids never to return (at most 100).
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<Id>>, max_items = 100)]
     pub exclude: Option<Vec<ItemId>>,
 }
 

@@ -431,7 +431,8 @@ fn table(app: &App) -> Vec<Case> {
                 format!("injection {i} as item"),
                 "GET",
                 format!("/v1/items/{}/similar", enc(s)),
-                if s.contains('\u{0}') {
+                // A NUL or a bidi override is not a valid id at all (ids.rs).
+                if s.contains(['\u{0}', '\u{202e}']) {
                     "invalid_field"
                 } else {
                     "not_found"
@@ -444,7 +445,11 @@ fn table(app: &App) -> Vec<Case> {
                 format!("injection {i} as category"),
                 "GET",
                 format!("{similar}?category={}", enc(s)),
-                "not_found",
+                if s.contains('\u{202e}') {
+                    "invalid_query"
+                } else {
+                    "not_found"
+                },
             )
             .key(all),
         );

@@ -126,3 +126,100 @@ fn every_route_of_the_router_is_documented() {
     let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
     assert_eq!(routed, documented);
 }
+
+/// Whether a path a document names is one the router serves: `{param}` segments of the
+/// router's paths stand for any segment, and a doc's own `{param}` matches only those.
+fn routed(doc_path: &str, routes: &BTreeSet<String>) -> bool {
+    let placeholder = |s: &str| s.len() > 2 && s.starts_with('{') && s.ends_with('}');
+    let segs: Vec<&str> = doc_path.split('/').collect();
+    routes.iter().any(|route| {
+        let route: Vec<&str> = route.split('/').collect();
+        route.len() == segs.len()
+            && route.iter().zip(&segs).all(|(r, d)| {
+                if placeholder(r) {
+                    !d.is_empty()
+                } else {
+                    r == d
+                }
+            })
+    })
+}
+
+/// Every `/v1/...` path in one text, without query string or trailing punctuation.
+fn v1_paths(text: &str) -> Vec<String> {
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "_{}.:~-/".contains(c);
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("/v1/") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !path_char(c)).unwrap_or(tail.len());
+        let path = tail[..end].trim_end_matches(['.', ':', ',', '/']);
+        if path.len() > "/v1".len() {
+            found.push(path.to_owned());
+        }
+        rest = &tail[end.max(1)..];
+    }
+    found
+}
+
+/// The docs (docs/*.md and README.md) name only routes the router has: a renamed or
+/// removed route, or a typo in a doc, fails here.
+#[test]
+fn every_route_the_docs_name_exists() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let doc: Value = serde_json::from_str(affinity_service::routes::openapi_json()).unwrap();
+    let routes: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for path in v1_paths(&text) {
+            named += 1;
+            if !routed(&path, &routes) {
+                missing.push(format!("{}: {path}", file.display()));
+            }
+        }
+    }
+    assert!(named > 20, "only {named} /v1 paths found in {files:?}");
+    assert!(
+        missing.is_empty(),
+        "the docs name routes the router does not have:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn doc_paths_are_read_and_matched_as_routes() {
+    let text = "Send `POST /v1/purchases?dry=1`, then /v1/models:retrain. See \
+                \"$AFFINITY/v1/items/sku-1/similar?k=5\" and /v1/items/{item_id}/audience:";
+    assert_eq!(
+        v1_paths(text),
+        [
+            "/v1/purchases",
+            "/v1/models:retrain",
+            "/v1/items/sku-1/similar",
+            "/v1/items/{item_id}/audience"
+        ]
+    );
+    let routes: BTreeSet<String> = [
+        "/v1/purchases",
+        "/v1/models:retrain",
+        "/v1/models/{version}",
+        "/v1/items/{item_id}/similar",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert!(routed("/v1/items/sku-1/similar", &routes));
+    assert!(routed("/v1/items/{id}/similar", &routes));
+    assert!(routed("/v1/models:retrain", &routes));
+    assert!(!routed("/v1/models:retrain/now", &routes));
+    assert!(!routed("/v1/customers/{customer_id}", &routes));
+    assert!(!routed("/v1/purchase", &routes));
+}
