@@ -127,6 +127,10 @@ pub struct Recommendations {
     /// Which fallback answered, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Set when an earlier model version answers because the live one could not be loaded:
+    /// why, and which version answers (`model_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// Requested ids the service does not know (basket only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown_items: Vec<String>,
@@ -455,6 +459,7 @@ impl Serving {
             as_of: Utc::now(),
             personalized: d.fallback.is_none(),
             fallback: d.fallback,
+            degraded: self.degraded.clone(),
             unknown_items: d.unknown,
             items,
         }

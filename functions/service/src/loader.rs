@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use affinity_model::model::Model;
-use affinity_store::{CatalogItem, ModelVersion, Stores, TenantId};
+use affinity_store::{CatalogItem, ModelStatus, ModelVersion, Stores, TenantId};
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
@@ -38,6 +38,9 @@ pub struct Serving {
     crm: Arc<tokio::sync::OnceCell<Option<Arc<CrmSnapshot>>>>,
     /// When this instance loaded the model.
     pub loaded_at: DateTime<Utc>,
+    /// Why this is not the live version, when the live artifact could not be loaded at cold
+    /// start and an earlier verified version answers instead (None: the live one answers).
+    pub degraded: Option<String>,
 }
 
 impl Serving {
@@ -50,6 +53,7 @@ impl Serving {
             catalog,
             crm: Arc::default(),
             loaded_at: Utc::now(),
+            degraded: None,
         }
     }
 }
@@ -81,10 +85,15 @@ pub struct ModelCache {
     check_every: Duration,
     slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
     metrics: Metrics,
+    max_artifact_bytes: u64,
 }
 
 /// How often, at most, an instance reports a tenant's model age while it serves.
 const MODEL_AGE_EVERY: Duration = Duration::from_secs(60);
+/// Registry entries looked at for an earlier version when the live one cannot be loaded.
+const FALLBACK_CANDIDATES: usize = 20;
+/// Default of `AFFINITY_MAX_ARTIFACT_BYTES`: the largest artifact an instance loads.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 impl std::fmt::Debug for ModelCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,7 +120,15 @@ impl ModelCache {
             check_every,
             slots: RwLock::new(HashMap::new()),
             metrics: Metrics::default(),
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
+    }
+
+    /// The same cache refusing artifacts larger than `bytes` (they would not fit in the
+    /// function's memory): an earlier version answers instead.
+    pub fn with_max_artifact_bytes(mut self, bytes: u64) -> Self {
+        self.max_artifact_bytes = bytes;
+        self
     }
 
     /// The same cache reporting the live model's age to `metrics` while it serves.
@@ -216,7 +233,10 @@ impl ModelCache {
             .ok_or_else(|| Error::NoModel {
                 tenant: tenant.to_string(),
             })?;
-        let serving = Arc::new(self.load(tenant, version).await?);
+        let serving = match self.load(tenant, version.clone()).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => Arc::new(self.earlier(tenant, &version, &e).await?),
+        };
         tracing::info!(tenant = %tenant, model_version = %serving.version.version, "model loaded");
         *slot.next_check.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + self.check_every);
@@ -267,6 +287,7 @@ impl ModelCache {
                         catalog: Arc::new(CatalogView::build(&current.model, &items)),
                         crm: self.crm_still_current(tenant, current).await?,
                         loaded_at: current.loaded_at,
+                        degraded: current.degraded.clone(),
                     }))
                 }
             }
@@ -286,11 +307,83 @@ impl ModelCache {
         }
     }
 
+    /// A cold start whose live artifact cannot be used (missing, truncated, corrupt, over
+    /// the size limit): the newest earlier version that served before (status `retired`)
+    /// and still verifies answers, flagged `degraded`, so an instance never answers 500 for
+    /// that cause. Every pointer check then tries the live version again. None loads: 503.
+    async fn earlier(
+        &self,
+        tenant: &TenantId,
+        live: &ModelVersion,
+        cause: &Error,
+    ) -> Result<Serving> {
+        tracing::error!(tenant = %tenant, model_version = %live.version, error = %cause, "live model artifact unusable; looking for an earlier version");
+        let versions = self
+            .stores
+            .records
+            .list_models(tenant, FALLBACK_CANDIDATES)
+            .await
+            .step("list model versions")?;
+        for v in versions.into_iter().filter(|v| {
+            v.version != live.version
+                && v.status == ModelStatus::Retired
+                && v.created_at <= live.created_at
+        }) {
+            let id = v.version.clone();
+            match self.load(tenant, v).await {
+                Ok(mut serving) => {
+                    let why = format!(
+                        "live version {} could not be loaded ({cause}); version {id} answers until it can",
+                        live.version
+                    );
+                    tracing::warn!(tenant = %tenant, model_version = %id, "{why}");
+                    serving.degraded = Some(why);
+                    return Ok(serving);
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, model_version = %id, error = %e, "earlier version unusable too")
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            step: "load the live model",
+            message: format!(
+                "version {} could not be loaded ({cause}) and no earlier version verifies",
+                live.version
+            ),
+        })
+    }
+
     /// Reads, verifies and decodes a version's artifact, with the tenant's catalog.
     async fn load(&self, tenant: &TenantId, version: ModelVersion) -> Result<Serving> {
         let started = Instant::now();
         let ms = move || started.elapsed().as_secs_f64() * 1e3;
         let expected = version.checksum.clone();
+        // A size beyond what this instance can hold is refused before it is read.
+        match self
+            .stores
+            .blobs
+            .head(tenant, &version.artifact_key)
+            .await
+            .step("check model artifact")?
+        {
+            Some(meta) if meta.size > self.max_artifact_bytes => {
+                return Err(Error::Invalid {
+                    field: "AFFINITY_MAX_ARTIFACT_BYTES".into(),
+                    reason: format!(
+                        "artifact {} is {} bytes, over the limit of {}",
+                        version.artifact_key, meta.size, self.max_artifact_bytes
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                return Err(Error::NotFound {
+                    what: "model artifact",
+                    key: version.artifact_key.to_string(),
+                });
+            }
+        }
         // The artifact (read, then one whole-file digest that vouches for every section,
         // then decode, off the reactor) and the catalog listing (store I/O) go side by side.
         let artifact = async {
@@ -341,6 +434,7 @@ impl ModelCache {
             model: Arc::new(model),
             version,
             loaded_at: Utc::now(),
+            degraded: None,
         })
     }
 
@@ -405,6 +499,7 @@ impl ModelCache {
                 catalog: current.catalog.clone(),
                 crm: Arc::default(),
                 loaded_at: current.loaded_at,
+                degraded: current.degraded.clone(),
             })));
         }
     }
@@ -432,6 +527,7 @@ impl ModelCache {
                 catalog,
                 crm: current.crm.clone(),
                 loaded_at: current.loaded_at,
+                degraded: current.degraded.clone(),
             })));
         }
     }

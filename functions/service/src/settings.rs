@@ -72,6 +72,9 @@ pub struct Settings {
     /// Requests a key may make per minute to each expensive route group on one instance
     /// (audience, dry run, reports, batch offers); 0 turns the limit off.
     pub rate_limit_per_min: u32,
+    /// Largest model artifact an instance loads; a larger live one is served by an earlier
+    /// version instead.
+    pub max_artifact_bytes: u64,
     /// True when running inside AWS Lambda.
     pub on_lambda: bool,
     /// Retrain function `POST /v1/models:retrain` invokes (None: run in this process).
@@ -93,7 +96,7 @@ impl Settings {
     /// `AFFINITY_MAX_BODY_BYTES` (1048576), `AFFINITY_MAX_BATCH` (500), `AFFINITY_MAX_BASKET`
     /// (50), `AFFINITY_HISTORY` (500), `AFFINITY_LOG` (`info`), `AFFINITY_LOG_FORMAT`
     /// (`json` on Lambda, `pretty` elsewhere), `AFFINITY_LOG_HASH_KEY` (hex; random when
-    /// unset), `AFFINITY_RATE_LIMIT_PER_MIN` (60; 0 = off), `AFFINITY_RETRAIN_FUNCTION` (unset: retrain in this process), the retrain
+    /// unset), `AFFINITY_RATE_LIMIT_PER_MIN` (60; 0 = off), `AFFINITY_MAX_ARTIFACT_BYTES` (1 GiB), `AFFINITY_RETRAIN_FUNCTION` (unset: retrain in this process), the retrain
     /// pipeline's (see `RetrainSettings::from_lookup`) and `AWS_LAMBDA_RUNTIME_API` (set by
     /// Lambda).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
@@ -155,6 +158,11 @@ impl Settings {
             log_filter: get("AFFINITY_LOG").unwrap_or_else(|| "info".into()),
             log_hash_key: retrain.hash_key.clone(),
             rate_limit_per_min: number(&get, "AFFINITY_RATE_LIMIT_PER_MIN", 60)?,
+            max_artifact_bytes: number(
+                &get,
+                "AFFINITY_MAX_ARTIFACT_BYTES",
+                crate::loader::DEFAULT_MAX_ARTIFACT_BYTES,
+            )?,
             on_lambda,
             retrain_function: get("AFFINITY_RETRAIN_FUNCTION").filter(|f| !f.trim().is_empty()),
             retrain,
@@ -174,6 +182,7 @@ impl Settings {
             log_filter: "warn".into(),
             log_hash_key: Some(vec![7; 32]),
             rate_limit_per_min: 0,
+            max_artifact_bytes: crate::loader::DEFAULT_MAX_ARTIFACT_BYTES,
             on_lambda: false,
             retrain_function: None,
             retrain: crate::retrain::RetrainSettings {

@@ -45,7 +45,9 @@ impl AppState {
     pub fn with_metrics(stores: Stores, settings: &Settings, metrics: Metrics) -> Self {
         Self {
             models: Arc::new(
-                ModelCache::new(stores.clone(), settings.model_check).with_metrics(metrics.clone()),
+                ModelCache::new(stores.clone(), settings.model_check)
+                    .with_metrics(metrics.clone())
+                    .with_max_artifact_bytes(settings.max_artifact_bytes),
             ),
             metrics,
             keys: Arc::new(KeyCache::new(settings.key_cache)),

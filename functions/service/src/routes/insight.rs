@@ -165,6 +165,9 @@ pub struct CustomerOffers {
 pub struct OffersAnswer {
     /// Model version.
     pub model_version: String,
+    /// Set when an earlier version answers because the live one could not be loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// Channel asked for.
     pub channel: String,
     /// The customer's offers.
@@ -301,6 +304,7 @@ async fn customer_offers(
         .map(|o| offered(model, &titles, o))
         .collect();
     Ok(Json(OffersAnswer {
+        degraded: serving.degraded.clone(),
         model_version: serving.version.version.as_str().to_owned(),
         channel: request.channel,
         customer: CustomerOffers {
@@ -333,6 +337,9 @@ pub struct BatchIn {
 pub struct BatchOut {
     /// Model version every answer comes from.
     pub model_version: String,
+    /// Set when an earlier version answers because the live one could not be loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// Channel asked for.
     pub channel: String,
     /// One answer per customer, in request order.
@@ -419,6 +426,7 @@ async fn batch_offers(
         });
     }
     Ok(Json(BatchOut {
+        degraded: serving.degraded.clone(),
         model_version: serving.version.version.as_str().to_owned(),
         channel: request.channel,
         results,

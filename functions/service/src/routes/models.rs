@@ -76,6 +76,9 @@ pub struct ModelInfo {
     pub registered_at: DateTime<Utc>,
     /// When this instance loaded it.
     pub loaded_at: DateTime<Utc>,
+    /// Set when an earlier version answers because the live one could not be loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// Blob key of the artifact.
     pub artifact_key: String,
     /// SHA-256 of the artifact, verified at load.
@@ -128,6 +131,7 @@ async fn live_model(
         data_watermark: at(m.data_watermark),
         registered_at: v.created_at,
         loaded_at: serving.loaded_at,
+        degraded: serving.degraded.clone(),
         artifact_key: v.artifact_key.as_str().to_owned(),
         checksum: v.checksum.clone(),
         factors: serving.model.factors(),

@@ -176,3 +176,130 @@ async fn a_cold_start_refuses_a_corrupt_artifact() {
     let err = cache.get(&tenant).await.unwrap_err().to_string();
     assert!(err.contains("checksum"), "{err}");
 }
+
+/// Trains with `factors` and makes it live (a smaller or larger artifact than the fixture's).
+async fn publish_with_factors(stores: &Stores, tenant: &TenantId, version: &str, factors: usize) {
+    let mut config = crate::fixture::small_config();
+    config.als.factors = factors;
+    let model = affinity_service::training::train_tenant(
+        stores.records.as_ref(),
+        tenant,
+        &config,
+        version,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    affinity_service::training::publish(stores, tenant, &model, serde_json::json!({}))
+        .await
+        .unwrap();
+}
+
+/// A cold start whose live artifact was deleted, truncated or is over the size limit is
+/// answered by the previous version, flagged, through the router: no 5xx; and once the live
+/// artifact is whole again, the next pointer check serves it.
+#[tokio::test]
+async fn a_cold_start_with_an_unusable_live_artifact_serves_the_previous_version_flagged() {
+    use affinity_service::settings::Settings;
+    use affinity_service::state::AppState;
+
+    for breakage in ["deleted", "truncated", "over the size limit"] {
+        let (stores, tenant) = shop().await;
+        publish_with_factors(&stores, &tenant, "v1", 8).await;
+        publish_with_factors(&stores, &tenant, "v2", 32).await;
+        let v2 = stores
+            .records
+            .get_model(&tenant, &ModelVersionId::parse("v2").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let good = stores.blobs.get(&tenant, &v2.artifact_key).await.unwrap();
+        let mut settings = Settings::for_tests();
+        match breakage {
+            "deleted" => stores
+                .blobs
+                .delete(&tenant, &v2.artifact_key)
+                .await
+                .unwrap(),
+            "truncated" => stores
+                .blobs
+                .put(&tenant, &v2.artifact_key, good[..good.len() / 2].to_vec())
+                .await
+                .unwrap(),
+            _ => settings.max_artifact_bytes = good.len() as u64 - 1,
+        }
+        let key = affinity_store::generate_api_key(
+            &tenant,
+            [affinity_store::Scope::Recommend].into(),
+            None,
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        stores.records.create_key(&key.record).await.unwrap();
+        let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
+        let call = |uri: String| {
+            let req = axum::http::Request::builder()
+                .uri(uri)
+                .header("authorization", format!("Bearer {}", key.secret))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let router = router.clone();
+            async move {
+                let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+                let status = res.status();
+                let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                )
+            }
+        };
+        let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5".into()).await;
+        assert_eq!(s, 200, "{breakage}: {b}");
+        assert_eq!(b["model_version"], "v1", "{breakage}: {b}");
+        let why = b["degraded"].as_str().unwrap_or_default();
+        assert!(why.contains("v2") && why.contains("v1"), "{breakage}: {b}");
+        assert_eq!(b["items"].as_array().unwrap().len(), 5);
+        let (s, b) = call("/v1/items/sku-0000/similar?k=3".into()).await;
+        assert_eq!(
+            (s, &b["model_version"]),
+            (axum::http::StatusCode::OK, &"v1".into())
+        );
+
+        // Repaired: the next request (pointer re-checked every time in tests) serves v2.
+        if breakage != "over the size limit" {
+            stores
+                .blobs
+                .put(&tenant, &v2.artifact_key, good.clone())
+                .await
+                .unwrap();
+            let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5".into()).await;
+            assert_eq!(s, 200);
+            assert_eq!(b["model_version"], "v2", "{b}");
+            assert!(b.get("degraded").is_none(), "{b}");
+        }
+    }
+}
+
+/// With no earlier version to fall back on, a cold start that cannot load the live artifact
+/// answers 503 `unavailable` (safe to retry), never 500.
+#[tokio::test]
+async fn a_cold_start_with_nothing_loadable_answers_503_not_500() {
+    let (stores, tenant) = shop().await;
+    publish_raw(
+        &stores,
+        &tenant,
+        "v-bad",
+        b"garbage".to_vec(),
+        "ab".repeat(32),
+    )
+    .await;
+    let err = ModelCache::new(stores, Duration::ZERO)
+        .get(&tenant)
+        .await
+        .unwrap_err();
+    let api = affinity_service::ApiError::from(err);
+    assert_eq!(api.status_and_code().1, "unavailable", "{api}");
+}
