@@ -74,6 +74,21 @@ pub(crate) fn enc(s: &str) -> String {
     out
 }
 
+/// Bodies that are not JSON, for every JSON route.
+pub(crate) const MALFORMED_JSON: &[&[u8]] = &[
+    b"",
+    b"{",
+    b"}",
+    b"[",
+    b"nul",
+    b"{,}",
+    b"{'items':[]}",
+    b"{1:2}",
+    b"[}",
+    b"\xff\xfe{}",
+    b"/* comment */ {}",
+];
+
 pub(crate) const INJECTIONS: &[&str] = &[
     "' OR 1=1 --",
     "\"; DROP TABLE purchases; --",
@@ -104,21 +119,8 @@ fn table(app: &App) -> Vec<Case> {
     let mut t = Vec::new();
 
     // Malformed JSON on every JSON route.
-    let malformed: &[&[u8]] = &[
-        b"",
-        b"{",
-        b"}",
-        b"[",
-        b"nul",
-        b"{,}",
-        b"{'items':[]}",
-        b"{1:2}",
-        b"[}",
-        b"\xff\xfe{}",
-        b"/* comment */ {}",
-    ];
     for route in ["/v1/baskets/similar", "/v1/purchases", "/v1/items"] {
-        for (i, body) in malformed.iter().enumerate() {
+        for (i, body) in MALFORMED_JSON.iter().enumerate() {
             t.push(
                 case(
                     format!("malformed {i} on {route}"),

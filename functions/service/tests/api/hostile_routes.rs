@@ -8,7 +8,7 @@ use affinity_store::{CustomerId, ItemId, JobId, ModelVersionId, OfferId};
 use serde_json::{Value, json};
 
 use crate::fixture::{App, token};
-use crate::hostile::{Case, INJECTIONS, case, enc};
+use crate::hostile::{Case, INJECTIONS, MALFORMED_JSON, case, enc};
 
 /// The JSON routes beyond the recommendation and ingestion ones, each with a valid body.
 fn json_routes(app: &App) -> Vec<(&'static str, String, Value)> {
@@ -71,21 +71,8 @@ pub(crate) fn table(app: &App) -> Vec<Case> {
     let mut t = Vec::new();
 
     // Malformed JSON, wrong media types, bodies of the wrong shape, unknown fields.
-    let malformed: &[&[u8]] = &[
-        b"",
-        b"{",
-        b"}",
-        b"[",
-        b"nul",
-        b"{,}",
-        b"{'a':1}",
-        b"{1:2}",
-        b"[}",
-        b"\xff\xfe{}",
-        b"/* comment */ {}",
-    ];
     for (method, uri, valid) in json_routes(app) {
-        for (i, body) in malformed.iter().enumerate() {
+        for (i, body) in MALFORMED_JSON.iter().enumerate() {
             t.push(
                 case(
                     format!("malformed {i} on {method} {uri}"),
