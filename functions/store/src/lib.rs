@@ -36,7 +36,7 @@ pub use ids::{
 };
 pub use local_blobs::LocalBlobStore;
 pub use retry::RetryPolicy;
-pub use s3::S3BlobStore;
+pub use s3::{PART_BYTES as S3_PART_BYTES, S3BlobStore};
 pub use sqlite::SqliteStore;
 pub use traits::{
     BlobStore, CatalogStore, CustomerStore, KeyStore, ModelRegistry, OfferStore, PurchaseStore,

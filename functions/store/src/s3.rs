@@ -115,26 +115,84 @@ impl S3BlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for S3BlobStore {
-    async fn put(&self, tenant: &TenantId, key: &BlobKey, bytes: Vec<u8>) -> Result<()> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(tenant, key))
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| s3_err("PutObject", e))?;
-        Ok(())
-    }
+/// Size of one ranged read of a blob.
+pub const PART_BYTES: u64 = 8 << 20;
+/// Ranged reads of one blob in flight at once.
+pub const PARTS_IN_FLIGHT: usize = 8;
 
-    async fn get(&self, tenant: &TenantId, key: &BlobKey) -> Result<Vec<u8>> {
+/// One ranged read: its bytes, the object's whole size and its ETag.
+struct Range {
+    bytes: Vec<u8>,
+    total: u64,
+    etag: Option<String>,
+}
+
+enum RangeError {
+    NoSuchKey,
+    /// The range starts past the end (a zero-byte object), or the object changed (its
+    /// ETag no longer matches).
+    Unsatisfiable,
+    Other(Error),
+}
+
+impl S3BlobStore {
+    /// Reads `[start, start + PART_BYTES)` of `object`, only if its ETag is still
+    /// `if_match` when given.
+    async fn get_range(
+        &self,
+        object: &str,
+        start: u64,
+        if_match: Option<&str>,
+    ) -> std::result::Result<Range, RangeError> {
         let res = self
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(self.object_key(tenant, key))
+            .key(object)
+            .range(format!("bytes={start}-{}", start + PART_BYTES - 1))
+            .set_if_match(if_match.map(str::to_owned))
+            .send()
+            .await;
+        let out = match res {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(RangeError::NoSuchKey);
+            }
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 416)
+                ) =>
+            {
+                return Err(RangeError::Unsatisfiable);
+            }
+            Err(e) => return Err(RangeError::Other(s3_err("GetObject", e))),
+        };
+        // "bytes <first>-<last>/<total>"
+        let total = out
+            .content_range()
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.parse::<u64>().ok());
+        let etag = out.e_tag().map(str::to_owned);
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| RangeError::Other(Error::backend(BACKEND, "GetObject body", e)))?
+            .into_bytes()
+            .to_vec();
+        // A server that ignores ranges sends the whole object without a Content-Range.
+        let total = total.unwrap_or(start + bytes.len() as u64);
+        Ok(Range { bytes, total, etag })
+    }
+
+    /// Reads `object` in one request (a zero-byte blob).
+    async fn get_whole(&self, object: &str, key: &BlobKey) -> Result<Vec<u8>> {
+        let res = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
             .send()
             .await;
         let out = match res {
@@ -150,6 +208,84 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(|e| Error::backend(BACKEND, "GetObject body", e))?;
         Ok(data.into_bytes().to_vec())
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn put(&self, tenant: &TenantId, key: &BlobKey, bytes: Vec<u8>) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(tenant, key))
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| s3_err("PutObject", e))?;
+        Ok(())
+    }
+
+    /// Reads a blob in [`PART_BYTES`] ranges, [`PARTS_IN_FLIGHT`] at a time: one GET
+    /// stream from S3 tops out well below what a Lambda's network gives, and a model
+    /// artifact is read on every cold start. The first range tells the size and the ETag;
+    /// the others are conditional on that ETag, so a blob replaced mid-read is an error,
+    /// never a mix of two versions. A blob of one part costs one request, as before.
+    async fn get(&self, tenant: &TenantId, key: &BlobKey) -> Result<Vec<u8>> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        let object = self.object_key(tenant, key);
+        let first = match self.get_range(&object, 0, None).await {
+            Ok(r) => r,
+            Err(RangeError::NoSuchKey) => return Err(Error::not_found("blob", key.to_string())),
+            // A zero-byte object has no range to read: read it whole.
+            Err(RangeError::Unsatisfiable) => return self.get_whole(&object, key).await,
+            Err(RangeError::Other(e)) => return Err(e),
+        };
+        let total = first.total;
+        let mut bytes = first.bytes;
+        if bytes.len() as u64 >= total {
+            return Ok(bytes);
+        }
+        let etag = first.etag.ok_or_else(|| {
+            Error::backend_msg(BACKEND, "GetObject", "a ranged read without an ETag")
+        })?;
+        bytes.reserve(
+            usize::try_from(total)
+                .unwrap_or(0)
+                .saturating_sub(bytes.len()),
+        );
+        let starts: Vec<u64> = (bytes.len() as u64..total)
+            .step_by(PART_BYTES as usize)
+            .collect();
+        let parts: Vec<Vec<u8>> = stream::iter(starts.into_iter().map(|start| {
+            let (object, etag) = (&object, &etag);
+            async move {
+                match self.get_range(object, start, Some(etag)).await {
+                    Ok(r) => Ok(r.bytes),
+                    Err(RangeError::NoSuchKey | RangeError::Unsatisfiable) => {
+                        Err(Error::backend_msg(
+                            BACKEND,
+                            "GetObject",
+                            format!("blob {key} changed or vanished while it was read"),
+                        ))
+                    }
+                    Err(RangeError::Other(e)) => Err(e),
+                }
+            }
+        }))
+        .buffered(PARTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+        for p in parts {
+            bytes.extend_from_slice(&p);
+        }
+        if bytes.len() as u64 != total {
+            return Err(Error::backend_msg(
+                BACKEND,
+                "GetObject",
+                format!("blob {key}: read {} of {total} bytes", bytes.len()),
+            ));
+        }
+        Ok(bytes)
     }
 
     async fn head(&self, tenant: &TenantId, key: &BlobKey) -> Result<Option<BlobMeta>> {
