@@ -65,7 +65,40 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Read the model from a DynamoDB/S3 peer at this endpoint instead of the local disk
+        /// (the tables and bucket `stage-aws` wrote).
+        #[arg(long, requires_all = ["prefix", "bucket"])]
+        aws_endpoint: Option<String>,
+        /// Table prefix on the peer.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Bucket on the peer.
+        #[arg(long)]
+        bucket: Option<String>,
     },
+    /// Copy the live model of --dir (artifact, registry entry, pointer, catalog, keys) into
+    /// a DynamoDB/S3 peer, as a deployed stack would hold it.
+    StageAws {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        bucket: String,
+        /// Also copy the catalog. Off by default: moto's Query slows with table size and
+        /// takes minutes for 100k items on loopback, which says nothing about DynamoDB.
+        #[arg(long)]
+        catalog: bool,
+    },
+}
+
+/// Where the API under test reads its model.
+struct Peer<'a> {
+    endpoint: &'a str,
+    prefix: &'a str,
+    bucket: &'a str,
 }
 
 /// Item ids are fixed-width so a load generator can draw them from a pattern.
@@ -296,14 +329,26 @@ fn get_status(port: u16, path: &str, key: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn cold_start(bin: &Path, dir: &Path, port: u16, runs: usize) -> Result<()> {
+fn cold_start(bin: &Path, dir: &Path, port: u16, runs: usize, peer: Option<Peer>) -> Result<()> {
     let key = std::fs::read_to_string(dir.join("key.txt")).context("key.txt (run prepare)")?;
     let mut times = Vec::new();
     for _ in 0..runs {
         let start = Instant::now();
-        let mut child = Command::new(bin)
-            .env("AFFINITY_BACKEND", "embedded")
-            .env("AFFINITY_DATA_DIR", dir)
+        let mut cmd = Command::new(bin);
+        match &peer {
+            None => cmd
+                .env("AFFINITY_BACKEND", "embedded")
+                .env("AFFINITY_DATA_DIR", dir),
+            Some(p) => cmd
+                .env("AFFINITY_BACKEND", "aws")
+                .env("AFFINITY_TABLE_PREFIX", p.prefix)
+                .env("AFFINITY_BUCKET", p.bucket)
+                .env("AWS_ENDPOINT_URL", p.endpoint)
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1"),
+        };
+        let mut child = cmd
             .env("AFFINITY_ADDR", format!("127.0.0.1:{port}"))
             .env("AFFINITY_LOG", "warn")
             .stdout(Stdio::null())
@@ -314,7 +359,7 @@ fn cold_start(bin: &Path, dir: &Path, port: u16, runs: usize) -> Result<()> {
             if let Some(status) = get_status(port, "/v1/items/i000001/similar?k=10", &key) {
                 break status;
             }
-            if start.elapsed() > Duration::from_secs(60) {
+            if start.elapsed() > Duration::from_secs(120) {
                 break 0;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -365,6 +410,85 @@ async fn main() -> Result<()> {
             dir,
             port,
             runs,
-        } => cold_start(&bin, &dir, port, runs),
+            aws_endpoint,
+            prefix,
+            bucket,
+        } => {
+            let peer = match (&aws_endpoint, &prefix, &bucket) {
+                (Some(endpoint), Some(prefix), Some(bucket)) => Some(Peer {
+                    endpoint,
+                    prefix,
+                    bucket,
+                }),
+                _ => None,
+            };
+            cold_start(&bin, &dir, port, runs, peer)
+        }
+        Cmd::StageAws {
+            dir,
+            endpoint,
+            prefix,
+            bucket,
+            catalog,
+        } => stage_aws(&dir, &endpoint, &prefix, &bucket, catalog).await,
     }
+}
+
+async fn stage_aws(
+    dir: &Path,
+    endpoint: &str,
+    prefix: &str,
+    bucket: &str,
+    catalog: bool,
+) -> Result<()> {
+    use std::sync::Arc;
+    let local = Stores::open(&Backend::Embedded {
+        db_path: dir.join("affinity.db"),
+        blob_dir: dir.join("blobs"),
+    })
+    .await?;
+    let sdk = affinity_store::peer_sdk_config(endpoint, 3).await;
+    let dynamo = affinity_store::DynamoStore::new(
+        &sdk,
+        affinity_store::DynamoOptions::new(prefix.to_owned()),
+    )?;
+    dynamo.create_tables().await?;
+    let s3 = affinity_store::S3BlobStore::new(&sdk, bucket.to_owned(), "")?;
+    s3.create_bucket().await?;
+    let remote = Stores::new(Arc::new(dynamo), Arc::new(s3));
+    let t = TenantId::default();
+    let pointer = local
+        .records
+        .live_pointer(&t)
+        .await?
+        .context("no live model in --dir (run prepare)")?;
+    let version = local
+        .records
+        .get_model(&t, &pointer.version)
+        .await?
+        .context("live version missing")?;
+    let bytes = local.blobs.get(&t, &version.artifact_key).await?;
+    let artifact_bytes = bytes.len();
+    remote.blobs.put(&t, &version.artifact_key, bytes).await?;
+    remote.records.register_model(&t, &version).await?;
+    remote
+        .records
+        .swap_live_pointer(&t, None, &version.version)
+        .await?;
+    let items = if catalog {
+        local.records.list_items(&t).await?
+    } else {
+        Vec::new()
+    };
+    for chunk in items.chunks(500) {
+        remote.records.upsert_items(&t, chunk).await?;
+    }
+    for key in local.records.list_keys(&t).await? {
+        remote.records.create_key(&key).await?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"staged_version": version.version.as_str(), "artifact_bytes": artifact_bytes, "items": items.len()})
+    );
+    Ok(())
 }
