@@ -26,6 +26,20 @@ async fn consent(app: &App, customer: &str, personalization: bool, marketing: bo
     assert_eq!(b["consent"]["marketing"], marketing);
 }
 
+/// `DELETE /v1/customers/{customer}` with every scope; the 200 answer.
+async fn erase(app: &App, customer: &str) -> Value {
+    let (s, b) = app
+        .call(
+            "DELETE",
+            &format!("/v1/customers/{customer}"),
+            Some(&app.keys.all),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b
+}
+
 fn offer_ids(b: &Value) -> Vec<String> {
     b["offers"]
         .as_array()
@@ -173,15 +187,7 @@ async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() 
     let examined = dry_run_customers(&app).await;
     assert!(audience_ids(&app).await.contains(&gone));
 
-    let (s, erased) = app
-        .call(
-            "DELETE",
-            &format!("/v1/customers/{gone}"),
-            Some(&app.keys.all),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{erased}");
+    let erased = erase(&app, &gone).await;
     assert!(erased["purchases"].as_u64().unwrap() > 0, "{erased}");
     assert_eq!(erased["offer_events"], 1, "{erased}");
     assert_eq!(erased["customer_records"], 1, "{erased}");
@@ -239,15 +245,7 @@ async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() 
     assert!(snapshot.profiles.get(&gone).is_none());
 
     // A repeat: the same success, nothing left to remove.
-    let (s, again) = app
-        .call(
-            "DELETE",
-            &format!("/v1/customers/{gone}"),
-            Some(&app.keys.all),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{again}");
+    let again = erase(&app, &gone).await;
     for kind in [
         "purchases",
         "offer_events",
