@@ -569,6 +569,21 @@ impl CustomerData {
     }
 }
 
+/// A customer's profile from the snapshot with the shop's tier override applied, and their
+/// consent (both uses when no record was ever written).
+fn with_flags(
+    snapshot: &CrmSnapshot,
+    customer: &str,
+    flags: Option<affinity_store::CustomerRecord>,
+) -> (CustomerProfile, Consent) {
+    let mut profile = snapshot.profile(customer);
+    let consent = flags.as_ref().map(|f| f.consent).unwrap_or_default();
+    if let Some(t) = flags.and_then(|f| f.tier_override) {
+        profile.tier = t;
+    }
+    (profile, consent)
+}
+
 /// Reads one customer: flags, history (newest [`HISTORY_LIMIT`]) and offer events over all
 /// channels (newest [`EVENT_LIMIT`]).
 pub async fn read_customer(
@@ -582,11 +597,7 @@ pub async fn read_customer(
         .get_customer(tenant, customer)
         .await
         .step("read customer flags")?;
-    let mut profile = snapshot.profile(customer.as_str());
-    let consent = flags.as_ref().map(|f| f.consent).unwrap_or_default();
-    if let Some(t) = flags.and_then(|f| f.tier_override) {
-        profile.tier = t;
-    }
+    let (profile, consent) = with_flags(snapshot, customer.as_str(), flags);
     if !consent.marketing {
         return Ok(CustomerData {
             consent,
@@ -688,11 +699,7 @@ pub async fn all_customers(
         .await?;
     let mut out = Vec::with_capacity(ids.len());
     for ((id, flags), (_, mut history)) in ids.into_iter().zip(flags).zip(histories) {
-        let mut profile = snapshot.profile(id.as_str());
-        let consent = flags.as_ref().map(|f| f.consent).unwrap_or_default();
-        if let Some(t) = flags.and_then(|f| f.tier_override) {
-            profile.tier = t;
-        }
+        let (profile, consent) = with_flags(snapshot, id.as_str(), flags);
         if !consent.marketing {
             out.push((
                 id,

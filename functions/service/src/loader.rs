@@ -24,6 +24,9 @@ use crate::crm::{self, CrmSnapshot};
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
 
+/// A model version's customer insight, read once on first use (None: the version has none).
+type CrmCell = Arc<tokio::sync::OnceCell<Option<Arc<CrmSnapshot>>>>;
+
 /// What answers a tenant's requests: one model version with its catalog snapshot.
 pub struct Serving {
     /// The decoded model.
@@ -35,7 +38,7 @@ pub struct Serving {
     /// Customer insight computed with this model version, read on the first offer or
     /// insight request rather than at cold start, so a storefront's first recommendation
     /// does not wait for it. Holds None for a version trained before snapshots existed.
-    crm: Arc<tokio::sync::OnceCell<Option<Arc<CrmSnapshot>>>>,
+    crm: CrmCell,
     /// When this instance loaded the model.
     pub loaded_at: DateTime<Utc>,
     /// Why this is not the live version, when the live artifact could not be loaded at cold
@@ -54,6 +57,19 @@ impl Serving {
             crm: Arc::default(),
             loaded_at: Utc::now(),
             degraded: None,
+        }
+    }
+
+    /// The same model version with another catalog snapshot and customer-insight cell (a
+    /// catalog refresh, items written here, an erasure).
+    fn with_parts(&self, catalog: Arc<CatalogView>, crm: CrmCell) -> Serving {
+        Serving {
+            model: self.model.clone(),
+            version: self.version.clone(),
+            catalog,
+            crm,
+            loaded_at: self.loaded_at,
+            degraded: self.degraded.clone(),
         }
     }
 }
@@ -281,14 +297,10 @@ impl ModelCache {
                         .list_items(tenant)
                         .await
                         .step("list catalog")?;
-                    Ok(Some(Serving {
-                        model: current.model.clone(),
-                        version: current.version.clone(),
-                        catalog: Arc::new(CatalogView::build(&current.model, &items)),
-                        crm: self.crm_still_current(tenant, current).await?,
-                        loaded_at: current.loaded_at,
-                        degraded: current.degraded.clone(),
-                    }))
+                    Ok(Some(current.with_parts(
+                        Arc::new(CatalogView::build(&current.model, &items)),
+                        self.crm_still_current(tenant, current).await?,
+                    )))
                 }
             }
         }
@@ -465,11 +477,7 @@ impl ModelCache {
     /// The loaded customer insight if its blob is unchanged, else an empty cell so the next
     /// offer or insight request reads it again: an erasure on another instance rewrites the
     /// blob (smaller, as it removes a profile), and this is how it reaches this one.
-    async fn crm_still_current(
-        &self,
-        tenant: &TenantId,
-        current: &Serving,
-    ) -> Result<Arc<tokio::sync::OnceCell<Option<Arc<CrmSnapshot>>>>> {
+    async fn crm_still_current(&self, tenant: &TenantId, current: &Serving) -> Result<CrmCell> {
         let Some(Some(loaded)) = current.crm.get() else {
             return Ok(current.crm.clone());
         };
@@ -493,14 +501,8 @@ impl ModelCache {
     pub fn forget_insight(&self, tenant: &TenantId) {
         let slot = self.slot(tenant);
         if let Some(current) = slot.serving.load_full() {
-            slot.serving.store(Some(Arc::new(Serving {
-                model: current.model.clone(),
-                version: current.version.clone(),
-                catalog: current.catalog.clone(),
-                crm: Arc::default(),
-                loaded_at: current.loaded_at,
-                degraded: current.degraded.clone(),
-            })));
+            let next = current.with_parts(current.catalog.clone(), Arc::default());
+            slot.serving.store(Some(Arc::new(next)));
         }
     }
 
@@ -521,14 +523,9 @@ impl ModelCache {
         let slot = self.slot(tenant);
         if let Some(current) = slot.serving.load_full() {
             let catalog = Arc::new(current.catalog.with_items(&current.model, items));
-            slot.serving.store(Some(Arc::new(Serving {
-                model: current.model.clone(),
-                version: current.version.clone(),
-                catalog,
-                crm: current.crm.clone(),
-                loaded_at: current.loaded_at,
-                degraded: current.degraded.clone(),
-            })));
+            slot.serving.store(Some(Arc::new(
+                current.with_parts(catalog, current.crm.clone()),
+            )));
         }
     }
 }

@@ -66,9 +66,6 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `affinity_service=debug`.
     pub log_filter: String,
-    /// Key of the keyed hash that stands for customer ids in logs and erasure audit records
-    /// (None: random per process).
-    pub log_hash_key: Option<Vec<u8>>,
     /// Requests a key may make per minute to each expensive route group on one instance
     /// (audience, dry run, reports, batch offers); 0 turns the limit off.
     pub rate_limit_per_min: u32,
@@ -146,7 +143,8 @@ impl Settings {
                 ));
             }
         };
-        // One reader of AFFINITY_LOG_HASH_KEY: the retrain settings', shared with the logs.
+        // AFFINITY_LOG_HASH_KEY has one reader, the retrain settings; logs, erasure audit
+        // records and the retrain's insight step all use `retrain.hash_key`.
         let retrain = crate::retrain::RetrainSettings::from_lookup(&get)?;
         Ok(Self {
             backend,
@@ -156,7 +154,6 @@ impl Settings {
             limits,
             log_format,
             log_filter: get("AFFINITY_LOG").unwrap_or_else(|| "info".into()),
-            log_hash_key: retrain.hash_key.clone(),
             rate_limit_per_min: number(&get, "AFFINITY_RATE_LIMIT_PER_MIN", 60)?,
             max_artifact_bytes: number(
                 &get,
@@ -180,7 +177,6 @@ impl Settings {
             limits: Limits::default(),
             log_format: LogFormat::Pretty,
             log_filter: "warn".into(),
-            log_hash_key: Some(vec![7; 32]),
             rate_limit_per_min: 0,
             max_artifact_bytes: crate::loader::DEFAULT_MAX_ARTIFACT_BYTES,
             on_lambda: false,

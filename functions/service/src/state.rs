@@ -52,7 +52,7 @@ impl AppState {
             metrics,
             keys: Arc::new(KeyCache::new(settings.key_cache)),
             limits: settings.limits,
-            hasher: CustomerHasher::new(settings.log_hash_key.clone()),
+            hasher: CustomerHasher::new(settings.retrain.hash_key.clone()),
             retrainer: Arc::new(Retrainer::Local(settings.retrain.clone())),
             rate_limits: Arc::new(RateLimits::new(settings.rate_limit_per_min)),
             stores,
