@@ -189,29 +189,7 @@ impl App {
     }
 
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let html = res
-            .headers()
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else if html && status.is_success() {
-            // The model report page: its text, for tests that read it.
-            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!(
-                    "{status}: body is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        (status, json)
+        send_to(&self.router, req).await
     }
 
     pub async fn get(&self, uri: &str) -> (StatusCode, Value) {
@@ -295,4 +273,42 @@ pub async fn snapshot(
         .await
         .unwrap()
         .expect("the demo model has a CRM snapshot")
+}
+
+/// Sends one request to `router` (the fixture's, or another instance over the same store);
+/// returns status and parsed JSON (Null for an empty body, the text of an HTML page).
+pub async fn send_to(router: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let html = res
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else if html && status.is_success() {
+        // The model report page: its text, for tests that read it.
+        Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{status}: body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    (status, json)
+}
+
+/// A GET to `router` with a bearer `key`.
+pub async fn get_from(router: &Router, key: &str, uri: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .uri(uri)
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    send_to(router, req).await
 }

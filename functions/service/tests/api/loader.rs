@@ -237,32 +237,14 @@ async fn a_cold_start_with_an_unusable_live_artifact_serves_the_previous_version
         .unwrap();
         stores.records.create_key(&key.record).await.unwrap();
         let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
-        let call = |uri: String| {
-            let req = axum::http::Request::builder()
-                .uri(uri)
-                .header("authorization", format!("Bearer {}", key.secret))
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let router = router.clone();
-            async move {
-                let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
-                let status = res.status();
-                let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-                    .await
-                    .unwrap();
-                (
-                    status,
-                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
-                )
-            }
-        };
-        let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5".into()).await;
+        let call = |uri: &'static str| crate::fixture::get_from(&router, &key.secret, uri);
+        let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5").await;
         assert_eq!(s, 200, "{breakage}: {b}");
         assert_eq!(b["model_version"], "v1", "{breakage}: {b}");
         let why = b["degraded"].as_str().unwrap_or_default();
         assert!(why.contains("v2") && why.contains("v1"), "{breakage}: {b}");
         assert_eq!(b["items"].as_array().unwrap().len(), 5);
-        let (s, b) = call("/v1/items/sku-0000/similar?k=3".into()).await;
+        let (s, b) = call("/v1/items/sku-0000/similar?k=3").await;
         assert_eq!(
             (s, &b["model_version"]),
             (axum::http::StatusCode::OK, &"v1".into())
@@ -275,7 +257,7 @@ async fn a_cold_start_with_an_unusable_live_artifact_serves_the_previous_version
                 .put(&tenant, &v2.artifact_key, good.clone())
                 .await
                 .unwrap();
-            let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5".into()).await;
+            let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5").await;
             assert_eq!(s, 200);
             assert_eq!(b["model_version"], "v2", "{b}");
             assert!(b.get("degraded").is_none(), "{b}");

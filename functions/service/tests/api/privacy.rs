@@ -4,12 +4,10 @@
 use affinity_service::routes;
 use affinity_service::settings::Settings;
 use affinity_service::state::AppState;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use crate::fixture::{App, error_code};
+use crate::fixture::{App, error_code, get_from};
 
 async fn consent(app: &App, customer: &str, personalization: bool, marketing: bool) {
     let body = json!({"personalization": personalization, "marketing": marketing}).to_string();
@@ -146,24 +144,6 @@ async fn consent_per_use_is_obeyed_by_every_route() {
     }
 }
 
-/// Sends a request to another router over the same stores (another instance).
-async fn on(router: &axum::Router, key: &str, uri: &str) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .uri(uri)
-        .header("authorization", format!("Bearer {key}"))
-        .body(Body::empty())
-        .unwrap();
-    let response = router.clone().oneshot(req).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test]
 async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() {
     let app = App::new().await;
@@ -171,7 +151,7 @@ async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() 
     // Another instance over the same stores, with the customer's insight already loaded.
     let other = routes::router(AppState::new(app.stores.clone(), &Settings::for_tests()));
     let profile_uri = format!("/v1/customers/{gone}/profile");
-    let (s, p) = on(&other, &app.keys.all, &profile_uri).await;
+    let (s, p) = get_from(&other, &app.keys.all, &profile_uri).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(p["known"], true, "{p}");
 
@@ -197,8 +177,8 @@ async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() 
     // Unknown to every route, here and on the other instance: as a never-seen id.
     let stranger = "never-seen-customer";
     for router in [&app.router, &other] {
-        let (_, p) = on(router, &app.keys.all, &profile_uri).await;
-        let (_, q) = on(
+        let (_, p) = get_from(router, &app.keys.all, &profile_uri).await;
+        let (_, q) = get_from(
             router,
             &app.keys.all,
             &format!("/v1/customers/{stranger}/profile"),
@@ -216,20 +196,20 @@ async fn erasure_leaves_the_customer_unknown_to_every_route_and_is_idempotent() 
         ] {
             assert_eq!(p[field], q[field], "{field}: {p} vs {q}");
         }
-        let (_, o) = on(
+        let (_, o) = get_from(
             router,
             &app.keys.all,
             &format!("/v1/customers/{gone}/offers?channel=email&limit=5"),
         )
         .await;
-        let (_, n) = on(
+        let (_, n) = get_from(
             router,
             &app.keys.all,
             &format!("/v1/customers/{stranger}/offers?channel=email&limit=5"),
         )
         .await;
         assert_eq!(offer_ids(&o), offer_ids(&n), "{o} vs {n}");
-        let (_, r) = on(
+        let (_, r) = get_from(
             router,
             &app.keys.all,
             &format!("/v1/customers/{gone}/recommendations?k=5"),
