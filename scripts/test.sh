@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs the protocol peer (moto) into a private venv,
 # starts it on loopback, runs formatting, lints (Rust and the infra template) and every test,
-# stops the peer; then checks the API against its OpenAPI document (scripts/contract.sh).
+# stops the peer; then checks the API against its OpenAPI document (scripts/contract.sh) and
+# rehearses the deployment (scripts/rehearse.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +54,12 @@ fi
 echo "==> API contract (schemathesis, scripts/contract.sh)"
 cargo build -p affinity-cli --bin affinity --locked
 bash scripts/contract.sh "${CARGO_TARGET_DIR:-target}/debug/affinity"
+
+# The deploy rehearsal (docs/deploy.md): the template stood up in moto with IAM enforced, both
+# functions run under the Lambda emulator as their own roles through a retailer's first day;
+# then a rotating sample of policy statements, each removed in turn, must make a run fail.
+echo "==> deploy rehearsal (scripts/rehearse.sh, with a negative-control sample)"
+bash scripts/rehearse.sh --negative-control sample
 
 # The arm64 Lambda packages of the functions infra/template.yaml deploys, built with the cheap
 # `lambda-ci` profile (no fat LTO): proves on every run that both functions cross-compile and
