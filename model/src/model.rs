@@ -185,6 +185,9 @@ pub struct Model {
     pub(crate) index: Box<dyn VectorIndex>,
     /// The HNSW graph, when one was built (kept for the artifact).
     pub(crate) hnsw: Option<Arc<HnswIndex>>,
+    /// Whether any item has an embedding: false for a popularity-only stand-in, whose
+    /// answers must not pretend to be personal.
+    pub(crate) personal: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -505,7 +508,8 @@ impl Model {
         if manifest.config.als.factors != d {
             return shape("manifest factors");
         }
-        let item_norms = vectors.as_slice().chunks(d).map(norm).collect();
+        let item_norms: Vec<f32> = vectors.as_slice().chunks(d).map(norm).collect();
+        let personal = item_norms.iter().any(|&n| n > 0.0);
         let index: Box<dyn VectorIndex> = match &hnsw {
             Some(h) => Box::new(SharedHnsw(h.clone())),
             None => Box::new(ExactIndex::new(vectors.clone())),
@@ -523,7 +527,74 @@ impl Model {
             item_norms,
             index,
             hnsw,
+            personal,
         })
+    }
+
+    /// A stand-in that answers from popularity alone, for when no trained model can be
+    /// loaded: `ranked` is (item id, popularity score, category) most popular first. Every
+    /// answer carries a `Popular` reason; `is_personal` is false.
+    pub fn popularity_only(
+        model_version: &str,
+        ranked: &[(String, f32, Option<String>)],
+    ) -> Result<Self> {
+        let items = IdMap::from_ids(ranked.iter().map(|(id, _, _)| id.clone()).collect())?;
+        let mut categories: Vec<String> = Vec::new();
+        let item_category: Vec<Option<u32>> = ranked
+            .iter()
+            .map(|(_, _, c)| {
+                c.as_ref()
+                    .map(|c| match categories.iter().position(|x| x == c) {
+                        Some(i) => i as u32,
+                        None => {
+                            categories.push(c.clone());
+                            (categories.len() - 1) as u32
+                        }
+                    })
+            })
+            .collect();
+        let n = ranked.len();
+        let score: Vec<f32> = ranked
+            .iter()
+            .map(|(_, s, _)| s.max(f32::MIN_POSITIVE))
+            .collect();
+        let popularity = Popularity::from_order(
+            score,
+            (0..n as u32).collect(),
+            &item_category,
+            categories.len(),
+        );
+        let mut config = TrainConfig::default();
+        config.als.factors = 1;
+        let manifest = Manifest {
+            format_version: crate::artifact::FORMAT_VERSION,
+            model_version: model_version.to_owned(),
+            trained_at: 0,
+            data_watermark: 0,
+            config,
+            counts: DataCounts {
+                items: n,
+                ..DataCounts::default()
+            },
+            metrics: BTreeMap::new(),
+        };
+        Self::assemble(
+            manifest,
+            items,
+            categories,
+            item_category,
+            ItemVectors::new(vec![0.0; n].into(), 1)?,
+            vec![0.0],
+            vec![1.0; n],
+            Neighbours::empty(n),
+            popularity,
+            None,
+        )
+    }
+
+    /// False for a popularity-only stand-in (`popularity_only`).
+    pub fn is_personal(&self) -> bool {
+        self.personal
     }
 
     /// Embedding dimension.
@@ -688,7 +759,7 @@ impl Model {
                 },
             })
             .collect();
-        if out.len() < k && !basket.is_empty() {
+        if out.len() < k && !basket.is_empty() && self.personal {
             let weights: Vec<(u32, f32)> = basket.iter().map(|&b| (b, 1.0)).collect();
             let x = self.fold_in(&weights);
             let taken: Vec<u32> = out.iter().map(|s| s.item).collect();
@@ -724,7 +795,7 @@ impl Model {
     ) -> Vec<Scored> {
         let weights = self.weigh(purchases);
         let mut out = Vec::with_capacity(k);
-        if !weights.is_empty() {
+        if !weights.is_empty() && self.personal {
             let x = self.fold_in(&weights);
             let history: Vec<u32> = {
                 // Reasons look at the most recent distinct purchases only: bounded work.
@@ -1144,5 +1215,54 @@ mod tests {
         }
         let recall = found as f64 / total as f64;
         assert!(recall >= 0.95, "HNSW recall@10 {recall}");
+    }
+}
+
+#[cfg(test)]
+mod popularity_only_tests {
+    use super::*;
+
+    #[test]
+    fn a_popularity_only_model_answers_popular_items_never_personal_ones() {
+        let ranked = vec![
+            ("mug".to_owned(), 9.0, Some("Mugs".to_owned())),
+            ("beans".to_owned(), 7.0, Some("Coffee".to_owned())),
+            ("cup".to_owned(), 3.0, Some("Mugs".to_owned())),
+            ("tea".to_owned(), 1.0, None),
+        ];
+        let m = Model::popularity_only("v9", &ranked).unwrap();
+        assert!(!m.is_personal());
+        assert_eq!(m.version(), "v9");
+        let all = |_: u32| true;
+        let cup = m.item_index("cup").unwrap();
+        let mug = m.item_index("mug").unwrap();
+        // Similar items: the item's category first, then overall, never the item itself.
+        let sim = m.similar(cup, 3, &all);
+        let ids: Vec<&str> = sim.iter().map(|s| m.items.id(s.item)).collect();
+        assert_eq!(ids, ["mug", "beans", "tea"]);
+        assert!(
+            sim.iter()
+                .all(|s| matches!(s.reason, Reason::Popular { .. }))
+        );
+        // A customer with purchases still gets the popular ranking, marked as such.
+        let bought = [Purchase {
+            item: mug,
+            quantity: 1.0,
+            at: 0,
+        }];
+        let rec = m.recommend(&bought, 2, &|j| j != mug);
+        let ids: Vec<&str> = rec.iter().map(|s| m.items.id(s.item)).collect();
+        assert_eq!(ids, ["beans", "cup"]);
+        assert!(
+            rec.iter()
+                .all(|s| matches!(s.reason, Reason::Popular { category: None }))
+        );
+        let basket = m.basket(&[mug], 2, &all);
+        assert!(
+            basket
+                .iter()
+                .all(|s| matches!(s.reason, Reason::Popular { .. }))
+        );
+        assert!(basket.iter().all(|s| s.item != mug));
     }
 }

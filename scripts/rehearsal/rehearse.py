@@ -867,7 +867,7 @@ class Rehearsal:
         self.step("api: rollback and promote", self.rollback_and_promote, v1, v2)
         self.step("api: consent", self.consent)
         self.step("api: erasure", self.erasure)
-        self.step("api: cold start with the live artifact deleted", self.cold_start_degraded, v1, v2)
+        self.step("api: cold starts with the live artifact, then every artifact, deleted", self.cold_start_degraded, v1, v2)
         self.step("retrain: a failing async invocation reaches the failure queue",
                   self.failure_destination)
         self.step("metrics: EMF records against the template's alarms", self.metrics)
@@ -1135,6 +1135,20 @@ class Rehearsal:
         if not rec.get("degraded") or rec.get("model_version") == v2:
             raise StepFailed("cold start", f"not served from an earlier version, flagged: {rec}")
         self.log(f"      served {rec['model_version']}, degraded: {rec['degraded']}")
+        # Every artifact gone: the popularity list kept beside the live version answers.
+        for v in (v1, v2):
+            info = self.expect("model", self.api.request("GET", f"/v1/models/{v}",
+                                                         self.keys["admin"]), 200)
+            for k in [k for k in keys if k.endswith(info["artifact_key"])]:
+                s3.delete_object(Bucket=bucket, Key=k)
+        self.api.start()
+        self.health()
+        rec = self.expect("popularity", self.api.request(
+            "GET", "/v1/customers/cust-0000/recommendations?k=3", self.keys["shop"]), 200)
+        if rec.get("fallback") != "model_unavailable" or not rec.get("items"):
+            raise StepFailed("cold start", f"no popularity answer: {rec}")
+        self.log(f"      no artifact at all: {len(rec['items'])} popular items, "
+                 f"degraded: {rec['degraded'][:80]}...")
 
     def failure_destination(self):
         # Lambda runs an async invocation 1 + MaximumRetryAttempts times; when every attempt

@@ -111,6 +111,9 @@ pub enum Fallback {
     NoKnownPurchases,
     /// The item (or every basket item) is newer than the model.
     ItemNotInModel,
+    /// No model version could be loaded: the popularity kept beside the version answered
+    /// (see `degraded`).
+    ModelUnavailable,
 }
 
 /// The answer of every recommendation route.
@@ -394,6 +397,10 @@ impl Serving {
         filter: &Filter<'_>,
         not_these: &[&str],
     ) -> Recommendations {
+        // A popularity-only stand-in never personalises: say why popularity answered.
+        let fallback = d
+            .fallback
+            .or((!self.model.is_personal()).then_some(Fallback::ModelUnavailable));
         if d.scored.len() < o.k {
             let pop = &self.model.popularity.score;
             for j in 0..pop.len() as u32 {
@@ -457,8 +464,8 @@ impl Serving {
             recommendation_id: format!("rec_{}", uuid::Uuid::new_v4().simple()),
             model_version: self.version.version.as_str().to_owned(),
             as_of: Utc::now(),
-            personalized: d.fallback.is_none(),
-            fallback: d.fallback,
+            personalized: fallback.is_none(),
+            fallback,
             degraded: self.degraded.clone(),
             unknown_items: d.unknown,
             items,

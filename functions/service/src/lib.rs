@@ -27,6 +27,7 @@ pub mod customer_data;
 pub mod demo;
 pub mod error;
 pub mod extract;
+pub mod fallback;
 pub mod host;
 pub mod loader;
 pub mod metrics;

@@ -271,7 +271,9 @@ impl ModelCache {
                 .await
                 .step("read live pointer")?;
             match pointer {
-                Some(p) if p.version != current.version.version => {
+                // A degraded instance (an earlier version, or popularity) tries the live
+                // version again at every check.
+                Some(p) if p.version != current.version.version || current.degraded.is_some() => {
                     let version = self
                         .stores
                         .records
@@ -322,7 +324,9 @@ impl ModelCache {
     /// A cold start whose live artifact cannot be used (missing, truncated, corrupt, over
     /// the size limit): the newest earlier version that served before (status `retired`)
     /// and still verifies answers, flagged `degraded`, so an instance never answers 500 for
-    /// that cause. Every pointer check then tries the live version again. None loads: 503.
+    /// that cause; with none, the popularity list kept beside the live (or an earlier)
+    /// version answers (`crate::fallback`), flagged too. Every pointer check then tries the
+    /// live version again. Nothing readable at all: 503.
     async fn earlier(
         &self,
         tenant: &TenantId,
@@ -336,11 +340,15 @@ impl ModelCache {
             .list_models(tenant, FALLBACK_CANDIDATES)
             .await
             .step("list model versions")?;
-        for v in versions.into_iter().filter(|v| {
-            v.version != live.version
-                && v.status == ModelStatus::Retired
-                && v.created_at <= live.created_at
-        }) {
+        let earlier: Vec<ModelVersion> = versions
+            .into_iter()
+            .filter(|v| {
+                v.version != live.version
+                    && v.status == ModelStatus::Retired
+                    && v.created_at <= live.created_at
+            })
+            .collect();
+        for v in earlier.iter().cloned() {
             let id = v.version.clone();
             match self.load(tenant, v).await {
                 Ok(mut serving) => {
@@ -357,10 +365,39 @@ impl ModelCache {
                 }
             }
         }
+        // No artifact at all: popularity, from the live version's list or an earlier one's.
+        for v in std::iter::once(live).chain(earlier.iter()) {
+            match crate::fallback::read(&self.stores, tenant, v.version.as_str()).await {
+                Ok(model) => {
+                    let items = self
+                        .stores
+                        .records
+                        .list_items(tenant)
+                        .await
+                        .step("list catalog")?;
+                    let why = format!(
+                        "live version {} could not be loaded ({cause}) and no earlier version verifies; the popularity of version {} answers until it can",
+                        live.version, v.version
+                    );
+                    tracing::warn!(tenant = %tenant, model_version = %live.version, "{why}");
+                    return Ok(Serving {
+                        catalog: Arc::new(CatalogView::build(&model, &items)),
+                        crm: Arc::default(),
+                        model: Arc::new(model),
+                        version: live.clone(),
+                        loaded_at: Utc::now(),
+                        degraded: Some(why),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, model_version = %v.version, error = %e, "no popularity list either")
+                }
+            }
+        }
         Err(Error::Unavailable {
             step: "load the live model",
             message: format!(
-                "version {} could not be loaded ({cause}) and no earlier version verifies",
+                "version {} could not be loaded ({cause}), no earlier version verifies and no popularity list is readable",
                 live.version
             ),
         })

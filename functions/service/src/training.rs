@@ -147,6 +147,7 @@ pub async fn publish(
     // A test helper: no erasure audit to match, any key will do.
     let hasher = crate::telemetry::CustomerHasher::new(None);
     crate::crm::write_snapshot(stores, tenant, model, &hasher).await?;
+    crate::fallback::write(stores, tenant, model).await?;
     let m = model.to_bytes().step("encode artifact")?;
     let checksum = affinity_model::artifact::digest(&m);
     let key = BlobKey::parse(format!("models/{}.afm", &checksum[..32])).step("artifact key")?;

@@ -1133,6 +1133,7 @@ async fn locked(
     lease.check("insight")?;
     let hasher = crate::telemetry::CustomerHasher::new(deps.settings.hash_key.clone());
     crm::write_snapshot(stores, tenant, &model, &hasher).await?;
+    crate::fallback::write(stores, tenant, &model).await?;
 
     clock.enter(Step::Artifact);
     deps.faults.check(Step::Artifact)?;

@@ -265,8 +265,89 @@ async fn a_cold_start_with_an_unusable_live_artifact_serves_the_previous_version
     }
 }
 
-/// With no earlier version to fall back on, a cold start that cannot load the live artifact
-/// answers 503 `unavailable` (safe to retry), never 500.
+/// With only one version, a cold start whose artifact was deleted, truncated or is over the
+/// size limit answers from the popularity list kept beside it: 200, flagged `degraded`,
+/// `fallback: model_unavailable`, never personal; once repaired, the next check serves the
+/// model again.
+#[tokio::test]
+async fn a_cold_start_with_no_loadable_version_answers_popularity_flagged() {
+    use affinity_service::settings::Settings;
+    use affinity_service::state::AppState;
+
+    for breakage in ["deleted", "truncated", "over the size limit"] {
+        let (stores, tenant) = shop().await;
+        publish_with_factors(&stores, &tenant, "v1", 8).await;
+        let v1 = stores
+            .records
+            .get_model(&tenant, &ModelVersionId::parse("v1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let good = stores.blobs.get(&tenant, &v1.artifact_key).await.unwrap();
+        let mut settings = Settings::for_tests();
+        match breakage {
+            "deleted" => stores
+                .blobs
+                .delete(&tenant, &v1.artifact_key)
+                .await
+                .unwrap(),
+            "truncated" => stores
+                .blobs
+                .put(&tenant, &v1.artifact_key, good[..good.len() / 3].to_vec())
+                .await
+                .unwrap(),
+            _ => settings.max_artifact_bytes = good.len() as u64 - 1,
+        }
+        let key = affinity_store::generate_api_key(
+            &tenant,
+            [affinity_store::Scope::Recommend].into(),
+            None,
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        stores.records.create_key(&key.record).await.unwrap();
+        let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
+        let call = |uri: &'static str| crate::fixture::get_from(&router, &key.secret, uri);
+        for uri in [
+            "/v1/customers/cust-00001/recommendations?k=5",
+            "/v1/customers/nobody-yet/recommendations?k=5",
+            "/v1/items/sku-0000/similar?k=3",
+        ] {
+            let (s, b) = call(uri).await;
+            assert_eq!(s, 200, "{breakage} {uri}: {b}");
+            assert_eq!(b["model_version"], "v1", "{breakage}: {b}");
+            assert_eq!(b["personalized"], false, "{b}");
+            let why = b["degraded"].as_str().unwrap_or_default();
+            assert!(why.contains("popularity of version v1"), "{breakage}: {b}");
+            let items = b["items"].as_array().unwrap();
+            assert!(!items.is_empty(), "{b}");
+            assert!(
+                items
+                    .iter()
+                    .all(|i| i["reason"]["kind"] == "popular"
+                        || i["reason"]["kind"] == "new_in_catalog"),
+                "{b}"
+            );
+        }
+        let (_, b) = call("/v1/customers/cust-00001/recommendations?k=5").await;
+        assert_eq!(b["fallback"], "model_unavailable", "{b}");
+
+        if breakage != "over the size limit" {
+            stores
+                .blobs
+                .put(&tenant, &v1.artifact_key, good.clone())
+                .await
+                .unwrap();
+            let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5").await;
+            assert_eq!(s, 200);
+            assert_eq!(b["personalized"], true, "{b}");
+            assert!(b.get("degraded").is_none(), "{b}");
+        }
+    }
+}
+
+/// With no earlier version and no popularity list to fall back on, a cold start that cannot
+/// load the live artifact answers 503 `unavailable` (safe to retry), never 500.
 #[tokio::test]
 async fn a_cold_start_with_nothing_loadable_answers_503_not_500() {
     let (stores, tenant) = shop().await;
