@@ -948,3 +948,123 @@ async fn the_lambda_event_path_runs_the_same_pipeline() {
         .unwrap();
     assert_eq!(skipped["status"], "skipped");
 }
+
+#[path = "../../store/tests/conformance/fault_proxy.rs"]
+#[allow(dead_code)]
+mod fault_proxy;
+
+/// A store whose DynamoDB calls go through a proxy that loses the response of the first
+/// conditional write of the live pointer (the write happens; the caller sees a dropped
+/// connection and retries), with the harness's bucket.
+async fn losing_the_pointer_response(h: &Harness) -> (Stores, fault_proxy::FaultProxy) {
+    let url = std::env::var("AFFINITY_TEST_MOTO_URL").unwrap();
+    let proxy = fault_proxy::FaultProxy::start(
+        &url,
+        fault_proxy::FaultConfig {
+            // The pointer row is the control table's item whose sort key is "live".
+            drop_first_containing: Some(("PutItem", r#""sk":{"S":"live"}"#, 1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let table = h
+        .dynamo
+        .as_ref()
+        .unwrap()
+        .table_name(affinity_store::dynamo::schema::TableId::Purchases)
+        .to_owned();
+    let prefix = table.trim_end_matches("purchases").to_owned();
+    let sdk = affinity_store::peer_sdk_config(&proxy.url, 1).await;
+    let faulty = DynamoStore::new(&sdk, DynamoOptions::new(prefix)).unwrap();
+    (Stores::new(Arc::new(faulty), h.stores.blobs.clone()), proxy)
+}
+
+/// Retrain and promote on DynamoDB, with the response of the pointer swap lost: each
+/// reports success exactly when the pointer moved. The lost response is retried, the write
+/// token recognises the retry's own write, and the answer names the version that is live.
+/// A promote whose expectation went stale meanwhile (another writer moved the pointer) is
+/// still a conflict, and a gate-rejected run says it did not move the pointer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrain_and_promote_report_success_exactly_when_the_pointer_moved() {
+    let h = Harness::moto().await;
+    shop(&h, 300).await;
+    let live = |h: &Harness| {
+        let records = h.stores.records.clone();
+        let tenant = h.tenant.clone();
+        async move {
+            records
+                .live_pointer(&tenant)
+                .await
+                .unwrap()
+                .map(|p| p.version)
+        }
+    };
+
+    // The first retrain: its pointer write's response is lost.
+    let (faulty, proxy) = losing_the_pointer_response(&h).await;
+    let mut s = h.deps().settings.clone();
+    s.lease = Duration::from_secs(60);
+    let deps = RetrainDeps::new(faulty.clone(), s.clone());
+    let first = run_when_free(&deps, request(&h, "lost-1")).await;
+    assert_eq!(
+        proxy.stats.get(&proxy.stats.dropped),
+        1,
+        "the fault was injected"
+    );
+    assert_eq!(first.live.as_ref(), Some(&first.version), "{first:?}");
+    assert_eq!(live(&h).await, Some(first.version.clone()));
+    let job = versions::job(&h.stores, &h.tenant, &JobId::parse("lost-1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+
+    // A forced second retrain, response lost again: success, and the pointer moved.
+    let (faulty, proxy) = losing_the_pointer_response(&h).await;
+    let deps = RetrainDeps::new(faulty.clone(), s.clone());
+    let second = run_when_free(
+        &deps,
+        RetrainRequest {
+            force: true,
+            ..request(&h, "lost-2")
+        },
+    )
+    .await;
+    assert_eq!(proxy.stats.get(&proxy.stats.dropped), 1);
+    assert_eq!(second.live.as_ref(), Some(&second.version));
+    assert_eq!(second.replaced.as_ref(), Some(&first.version));
+    assert_eq!(live(&h).await, Some(second.version.clone()));
+
+    // Promote the first version back, response lost: success, and it is live.
+    let (faulty, proxy) = losing_the_pointer_response(&h).await;
+    let p = versions::promote(&faulty, &h.tenant, &first.version, false)
+        .await
+        .unwrap();
+    assert_eq!(proxy.stats.get(&proxy.stats.dropped), 1);
+    assert_eq!(p.version, first.version);
+    assert_eq!(live(&h).await, Some(first.version.clone()));
+
+    // Not moved, not reported as moved: a stale expectation is a conflict and the pointer
+    // stays where the other writer put it.
+    let records = h.stores.records.clone();
+    let stale = records
+        .swap_live_pointer(&h.tenant, Some(&second.version), &second.version)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(affinity_store::Error::Conflict(Conflict::LiveModel { .. }))
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(live(&h).await, Some(first.version.clone()));
+
+    // A run the gate rejects (no purchase since the live model to judge it on) reports that
+    // the pointer did not move.
+    let (faulty, _proxy) = losing_the_pointer_response(&h).await;
+    let deps = RetrainDeps::new(faulty, s);
+    let rejected = run_when_free(&deps, request(&h, "rejected")).await;
+    assert_eq!(rejected.verdict, Verdict::Rejected, "{rejected:?}");
+    assert_ne!(rejected.live.as_ref(), Some(&rejected.version));
+    assert_eq!(live(&h).await, Some(first.version.clone()));
+    h.teardown().await;
+}

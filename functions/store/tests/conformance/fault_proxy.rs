@@ -32,6 +32,9 @@ pub struct FaultConfig {
     pub drop_response: f64,
     /// Deterministically drop the response of the first N requests of this operation.
     pub drop_first: Option<(&'static str, u64)>,
+    /// The same, counting only requests of the operation whose body contains the string
+    /// (one item among the operation's many, e.g. the live pointer's sort key).
+    pub drop_first_containing: Option<(&'static str, &'static str, u64)>,
     /// RNG seed.
     pub seed: u64,
 }
@@ -265,7 +268,7 @@ enum Fault {
     Drop,
 }
 
-fn choose(state: &State, op: &str) -> Fault {
+fn choose(state: &State, op: &str, body: &[u8]) -> Fault {
     let n = {
         let mut counts = state.op_counts.lock().unwrap();
         let c = counts.entry(op.to_string()).or_default();
@@ -277,6 +280,20 @@ fn choose(state: &State, op: &str) -> Fault {
         && n <= first
     {
         return Fault::Drop;
+    }
+    if let Some((dop, needle, first)) = state.config.drop_first_containing
+        && dop == op
+        && body.windows(needle.len()).any(|w| w == needle.as_bytes())
+    {
+        let m = {
+            let mut counts = state.op_counts.lock().unwrap();
+            let c = counts.entry(format!("{op}\0{needle}")).or_default();
+            *c += 1;
+            *c
+        };
+        if m <= first {
+            return Fault::Drop;
+        }
     }
     let c = &state.config;
     let mut rng = state.rng.lock().unwrap();
@@ -395,7 +412,7 @@ async fn serve(mut client: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             .and_then(|t| t.split('.').nth(1))
             .unwrap_or("other")
             .to_string();
-        let resp = match choose(&state, &op) {
+        let resp = match choose(&state, &op, &req.body) {
             Fault::None => forward(&state, &req).await?,
             Fault::Throttle => {
                 state.stats.throttled.fetch_add(1, Ordering::Relaxed);

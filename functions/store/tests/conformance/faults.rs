@@ -65,8 +65,8 @@ async fn write_through_faults(sdk_attempts: u32, seed: u64) {
         report_unprocessed: 0.15,
         partial_get: 0.3,
         drop_response: 0.05,
-        drop_first: None,
         seed,
+        ..Default::default()
     };
     let (faulty, direct, proxy) = stores(config, sdk_attempts, fast_retry(12)).await;
     let tenant = TenantId::default();
