@@ -9,6 +9,7 @@ moto's DynamoDB and Lambda handlers the resource a call touches, as AWS computes
     table:      arn:aws:dynamodb:REGION:ACCOUNT:table/NAME
     index:      .../table/NAME/index/INDEX  (Query and Scan with IndexName)
     batches:    every table of RequestItems, each checked
+    transactions: each item as the action it stands for (Put -> dynamodb:PutItem, ...)
     invoke:     arn:aws:lambda:REGION:ACCOUNT:function:NAME
 and names Lambda's Invoke call by its IAM action, lambda:InvokeFunction (moto checks
 "lambda:Invoke", an action no policy grants), and reads a role's inline policy created by its CloudFormation (stored as an object, which
@@ -45,19 +46,30 @@ def dynamodb_resources(handler):
     body = handler.body if isinstance(handler.body, dict) else {}
     if "RequestItems" in body:
         return [_table_arn(handler, t) for t in body["RequestItems"]]
-    if "TransactItems" in body:
-        tables = []
-        for item in body["TransactItems"]:
-            for op in item.values():
-                if isinstance(op, dict) and "TableName" in op:
-                    tables.append(_table_arn(handler, op["TableName"]))
-        return tables or ["*"]
     if "TableName" in body:
         return [_table_arn(handler, body["TableName"], body.get("IndexName"))]
     return ["*"]
 
 
+# A transaction is authorised per item, by the action each item stands for (AWS has no
+# TransactWriteItems permission of its own).
+TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                    "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+
+
 def _dynamodb_authorize(self, resource="*"):
+    body = self.body if isinstance(self.body, dict) else {}
+    if "TransactItems" in body:
+        for item in body["TransactItems"]:
+            for op, spec in item.items():
+                action = TRANSACT_ACTIONS.get(op, op)
+                self._get_action = lambda action=action: action
+                try:
+                    BaseResponse._authenticate_and_authorize_normal_action(
+                        self, _table_arn(self, spec["TableName"]))
+                finally:
+                    del self._get_action
+        return
     for arn in dynamodb_resources(self):
         BaseResponse._authenticate_and_authorize_normal_action(self, arn)
 

@@ -858,7 +858,10 @@ class Rehearsal:
                   "purchases", purchases)
         self.step("api: offers (POST /v1/offers)", self.create_offers, offers)
         self.step("api: before the first model, 503 no_model", self.before_first_model)
+        self.step("operator: customer rows as an older deployment kept them",
+                  self.seed_layout_1)
         v1 = self.step("retrain: the schedule's invocation", self.scheduled_retrain)
+        self.step("retrain moved them to one partition per customer", self.check_rekeyed)
         self.step("api: the README tour", self.tour, v1)
         self.step("api: offers, events, batch, report", self.offers_flow)
         self.step("api: audience and dry run", self.audience_and_dry_run)
@@ -956,6 +959,33 @@ class Rehearsal:
         code = body.get("error", {}).get("code") if isinstance(body, dict) else None
         if (status, code) != (503, "no_model"):
             raise StepFailed("no model", f"HTTP {status}: {body}")
+
+    # Layout 1 of the customers table kept every customer of a tenant under pk = tenant; the
+    # retrain moves such rows to pk = <tenant>#<customer> (docs/data-model.md).
+    LEGACY = {"cust-0007": True, "cust-0008": False}
+
+    def seed_layout_1(self):
+        ddb = self.moto.client("dynamodb", self.operator)
+        table = self.env["AFFINITY_TABLE_PREFIX"] + "customers"
+        for customer, opted_out in self.LEGACY.items():
+            ddb.put_item(TableName=table, Item={
+                "pk": {"S": "default"}, "sk": {"S": customer},
+                "opt_out": {"BOOL": opted_out}, "updated_at": {"N": "1764547200000"}})
+
+    def check_rekeyed(self):
+        ddb = self.moto.client("dynamodb", self.operator)
+        table = self.env["AFFINITY_TABLE_PREFIX"] + "customers"
+        for customer in self.LEGACY:
+            old = ddb.get_item(TableName=table, Key={
+                "pk": {"S": "default"}, "sk": {"S": customer}}).get("Item")
+            new = ddb.get_item(TableName=table, Key={
+                "pk": {"S": f"default#{customer}"}, "sk": {"S": customer}}).get("Item")
+            if old or not new:
+                raise StepFailed("rekey", f"{customer}: old row {old}, new row {new}")
+        rec = self.expect("opted out", self.api.request(
+            "GET", "/v1/customers/cust-0007/recommendations?k=3", self.keys["shop"]), 200)
+        if rec.get("fallback") != "opted_out":
+            raise StepFailed("rekey", f"the moved opt-out is not honoured: {rec}")
 
     def scheduled_retrain(self):
         if self.schedule_input is None:

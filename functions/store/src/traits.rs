@@ -117,6 +117,14 @@ pub trait CustomerStore: Send + Sync {
         tenant: &TenantId,
         since: DateTime<Utc>,
     ) -> Result<Vec<ErasureAudit>>;
+
+    /// Moves the tenant's customer rows from an older key layout to the current one and
+    /// records that it is done; returns how many rows moved. Idempotent and safe beside
+    /// live traffic. Only DynamoDB has an older layout (one partition per tenant, changed
+    /// to one per customer); elsewhere there is nothing to move.
+    async fn rekey_customers(&self, _tenant: &TenantId) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Offers and the events that measure their response.

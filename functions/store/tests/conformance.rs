@@ -4,7 +4,8 @@
 //! against the embedded backend (SQLite + folder, fresh temp dir per test) and against
 //! DynamoDB + S3 served by moto (`AFFINITY_TEST_MOTO_URL`, unique table prefix and bucket per
 //! test). `faults` drives the DynamoDB backend through a fault-injecting proxy; `ttl` checks
-//! the TTL attributes DynamoDB expires rows by.
+//! the TTL attributes DynamoDB expires rows by; `layout` the move of customer rows to one
+//! partition per customer.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,6 +15,8 @@ mod fault_proxy;
 mod faults;
 #[path = "conformance/harness.rs"]
 mod harness;
+#[path = "conformance/layout.rs"]
+mod layout;
 #[path = "conformance/suite.rs"]
 mod suite;
 #[path = "conformance/ttl.rs"]

@@ -976,6 +976,15 @@ async fn locked(
     clock.enter(Step::Scan);
     deps.faults.check(Step::Scan)?;
     lease.check("scan")?;
+    // Customer rows an older deployment wrote under the tenant's one partition move to
+    // their own (DynamoDB; a marker makes this one read once done).
+    let moved = records
+        .rekey_customers(tenant)
+        .await
+        .step("move customer rows to their own partitions")?;
+    if moved > 0 {
+        tracing::info!(moved, "customer rows moved to one partition per customer");
+    }
     let scanned = training::scan(records.as_ref(), tenant, deps.settings.scan_segments).await?;
     let watermark = scanned.watermark;
     let categories = scanned.categories;

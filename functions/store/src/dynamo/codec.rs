@@ -219,9 +219,26 @@ pub(crate) fn catalog_from(item: &Item) -> Result<CatalogItem> {
 
 // ---- customers ----
 
+/// A customer row's key: one partition per customer (`<tenant>#<customer>`), so a shop's
+/// per-request customer reads spread over DynamoDB's partitions instead of all landing on
+/// the tenant's one (3,000 RCU per partition). The sort key keeps the id.
 pub(crate) fn customer_key(tenant: &TenantId, c: &CustomerId) -> Item {
+    Item::from([
+        (PK.into(), s(tkey(tenant, c.as_str()))),
+        (SK.into(), s(c.as_str())),
+    ])
+}
+
+/// The key of layout 1 (every customer of a tenant under `pk` = tenant), read only until
+/// the tenant's rows are moved (`DynamoStore::rekey_customers`).
+pub(crate) fn legacy_customer_key(tenant: &TenantId, c: &CustomerId) -> Item {
     Item::from([(PK.into(), s(tenant.as_str())), (SK.into(), s(c.as_str()))])
 }
+
+/// Control-table row saying the tenant's customer rows are all in layout 2.
+pub(crate) const CUSTOMER_LAYOUT_SK: &str = "layout#customers";
+/// The customer key layout this build writes.
+pub(crate) const CUSTOMER_LAYOUT: u32 = 2;
 
 pub(crate) fn customer_item(tenant: &TenantId, c: &CustomerRecord) -> Item {
     let mut item = customer_key(tenant, &c.customer_id);

@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     pub(crate) concurrency: usize,
     /// Offer-event retention in whole seconds (TTL offset from the event's time).
     pub(crate) offer_event_ttl_secs: Option<i64>,
+    /// Tenants whose customer rows are known to be in the per-customer key layout (their
+    /// layout marker was read), so a missing row needs no look at the old layout.
+    pub(crate) customers_rekeyed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The DynamoDB record store; cheap to clone.
@@ -142,6 +145,7 @@ impl DynamoStore {
                 offer_event_ttl_secs: options
                     .offer_event_retention
                     .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                customers_rekeyed: Default::default(),
             }),
         })
     }

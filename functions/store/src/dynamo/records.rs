@@ -178,6 +178,46 @@ impl Inner {
         }
     }
 
+    /// Puts `item` (only if its key is free) and deletes `from` (only if it still exists),
+    /// in one transaction: a move that cannot half-happen, so an erasure racing it never
+    /// finds the row resurrected under its new key. `Ok(false)` when either condition
+    /// failed and nothing was written.
+    async fn move_item(&self, table: TableId, item: Item, from: Item) -> Result<bool> {
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        let name = self.table(table).to_string();
+        let put = Put::builder()
+            .table_name(&name)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .build()
+            .map_err(|e| Error::backend(BACKEND, "TransactWriteItems", e))?;
+        let delete = Delete::builder()
+            .table_name(&name)
+            .set_key(Some(from))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .build()
+            .map_err(|e| Error::backend(BACKEND, "TransactWriteItems", e))?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().delete(delete).build(),
+        ];
+        let res = self
+            .send("TransactWriteItems", || {
+                self.client
+                    .transact_write_items()
+                    .set_transact_items(Some(items.clone()))
+                    .send()
+            })
+            .await?;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_transaction_canceled_exception() => Ok(false),
+            Err(e) => Err(svc_err("TransactWriteItems", e)),
+        }
+    }
+
     async fn delete(&self, table: TableId, key: Item) -> Result<bool> {
         let name = self.table(table).to_string();
         let res = self
@@ -209,6 +249,47 @@ fn delete_req(key: Item) -> Result<WriteRequest> {
         .build()
         .map_err(|e| Error::backend(BACKEND, "DeleteRequest", e))?;
     Ok(WriteRequest::builder().delete_request(del).build())
+}
+
+impl DynamoStore {
+    /// Whether the tenant's customer rows are all in the current layout (its marker in the
+    /// control table); a yes is remembered for the life of this store.
+    async fn customers_rekeyed(&self, tenant: &TenantId) -> Result<bool> {
+        if self
+            .inner
+            .customers_rekeyed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant.as_str())
+        {
+            return Ok(true);
+        }
+        let marker = self
+            .inner
+            .get(
+                TableId::Control,
+                codec::control_key(tenant, codec::CUSTOMER_LAYOUT_SK),
+            )
+            .await?;
+        let done = marker
+            .as_ref()
+            .and_then(|m| m.get("version"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|v| v >= codec::CUSTOMER_LAYOUT);
+        if done {
+            self.remember_rekeyed(tenant);
+        }
+        Ok(done)
+    }
+
+    fn remember_rekeyed(&self, tenant: &TenantId) {
+        self.inner
+            .customers_rekeyed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.as_str().to_owned());
+    }
 }
 
 fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -521,11 +602,24 @@ impl CustomerStore for DynamoStore {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<Option<CustomerRecord>> {
-        self.inner
+        let found = match self
+            .inner
             .get(TableId::Customers, codec::customer_key(tenant, customer))
             .await?
-            .map(|i| codec::customer_from(&i))
-            .transpose()
+        {
+            Some(item) => Some(item),
+            // Not moved yet? The row may still be under the tenant's one partition.
+            None if !self.customers_rekeyed(tenant).await? => {
+                self.inner
+                    .get(
+                        TableId::Customers,
+                        codec::legacy_customer_key(tenant, customer),
+                    )
+                    .await?
+            }
+            None => None,
+        };
+        found.map(|i| codec::customer_from(&i)).transpose()
     }
 
     async fn put_customer(&self, tenant: &TenantId, record: &CustomerRecord) -> Result<()> {
@@ -541,6 +635,16 @@ impl CustomerStore for DynamoStore {
                 None,
             )
             .await?;
+        // An older row in the old layout must not outlive this one (it would resurface
+        // after an erasure of the new row).
+        if !self.customers_rekeyed(tenant).await? {
+            self.inner
+                .delete(
+                    TableId::Customers,
+                    codec::legacy_customer_key(tenant, &r.customer_id),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -586,10 +690,19 @@ impl CustomerStore for DynamoStore {
             .map(|i| delete_req(keep_key(i, false)))
             .collect::<Result<Vec<_>>>()?;
         self.inner.batch_write(TableId::OfferEvents, reqs).await?;
-        let customer_deleted = self
+        let mut customer_deleted = self
             .inner
             .delete(TableId::Customers, codec::customer_key(tenant, customer))
             .await?;
+        if !self.customers_rekeyed(tenant).await? {
+            customer_deleted |= self
+                .inner
+                .delete(
+                    TableId::Customers,
+                    codec::legacy_customer_key(tenant, customer),
+                )
+                .await?;
+        }
         Ok(DeletionCounts {
             purchases: purchases.len() as u64,
             customers: u64::from(customer_deleted),
@@ -641,6 +754,49 @@ impl CustomerStore for DynamoStore {
             })
             .await?;
         items.iter().map(codec::erasure_from).collect()
+    }
+
+    async fn rekey_customers(&self, tenant: &TenantId) -> Result<u64> {
+        if self.customers_rekeyed(tenant).await? {
+            return Ok(0);
+        }
+        // Layout 1 kept every customer of the tenant under pk = tenant: one Query finds them.
+        let old = self
+            .inner
+            .query_partition(TableId::Customers, tenant.to_string())
+            .await?;
+        let mut moved = 0u64;
+        for item in old {
+            let record = codec::customer_from(&item)?;
+            // A row already written in the new layout is newer: it stays.
+            let mut fresh = codec::customer_item(tenant, &record);
+            fresh.extend(
+                item.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "pk" | "sk"))
+                    .filter(|(k, _)| !fresh.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            let legacy = codec::legacy_customer_key(tenant, &record.customer_id);
+            if self
+                .inner
+                .move_item(TableId::Customers, fresh, legacy.clone())
+                .await?
+            {
+                moved += 1;
+            } else {
+                // A newer row stands in the new layout, or an erasure removed the old one
+                // meanwhile: the old row (if any) goes, nothing is resurrected.
+                self.inner.delete(TableId::Customers, legacy).await?;
+            }
+        }
+        let mut marker = codec::control_key(tenant, codec::CUSTOMER_LAYOUT_SK);
+        marker.insert("version".into(), codec::n(codec::CUSTOMER_LAYOUT));
+        self.inner
+            .put_if(TableId::Control, marker, None, None, None)
+            .await?;
+        self.remember_rekeyed(tenant);
+        Ok(moved)
     }
 }
 
