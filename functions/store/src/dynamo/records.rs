@@ -1418,13 +1418,16 @@ impl RetrainLock for DynamoStore {
     async fn create_job(&self, tenant: &TenantId, job: &JobRecord) -> Result<JobStart> {
         job.validate()?;
         let j = job.normalized();
+        // Tokened: a retry whose first attempt wrote the row (response lost) is Created,
+        // not mistaken for an earlier run of the job.
         if self
             .inner
-            .put_if(
+            .put_if_tokened(
                 TableId::Control,
                 codec::job_item(tenant, &j),
-                Some("attribute_not_exists(#pk)"),
-                Some(names(&[("#pk", PK)])),
+                codec::control_key(tenant, &codec::job_sk(&j.job_id)),
+                "attribute_not_exists(#pk)",
+                names(&[("#pk", PK)]),
                 None,
             )
             .await?

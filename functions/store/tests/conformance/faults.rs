@@ -333,3 +333,53 @@ async fn conditional_writes_whose_response_was_lost_report_success() {
         direct.delete_tables().await.unwrap();
     }
 }
+
+/// The job and lock rows with their first write's response lost: a job is still reported
+/// Created (its write token), not mistaken for an earlier run of itself; the lock is held
+/// by the caller (its owner condition recognises the retry), and stays refused to others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_and_lock_writes_whose_response_was_lost_report_success() {
+    for (needle, sdk_attempts) in [
+        (r#""S":"job#"#, 1),
+        (r#""S":"job#"#, 3),
+        (r#""sk":{"S":"lock"}"#, 1),
+        (r#""sk":{"S":"lock"}"#, 3),
+    ] {
+        let config = FaultConfig {
+            drop_first_containing: Some(("PutItem", needle, 1)),
+            ..Default::default()
+        };
+        let (faulty, direct, proxy) = stores(config, sdk_attempts, fast_retry(5)).await;
+        let t = TenantId::default();
+        let job = JobRecord {
+            job_id: JobId::parse("job-lost").unwrap(),
+            status: JobStatus::Running,
+            started_at: chrono::Utc::now(),
+            finished_at: None,
+            message: None,
+        };
+        assert!(matches!(
+            faulty.create_job(&t, &job).await.unwrap(),
+            JobStart::Created
+        ));
+        let lock = faulty
+            .acquire_lock(&t, "me", std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(lock.owner, "me");
+        assert_eq!(proxy.stats.get(&proxy.stats.dropped), 1, "{needle}");
+        // The stored state is exactly one job and a lock held by the caller.
+        assert!(direct.get_job(&t, &job.job_id).await.unwrap().is_some());
+        assert!(matches!(
+            direct.create_job(&t, &job).await.unwrap(),
+            JobStart::Existing(_)
+        ));
+        assert!(matches!(
+            direct
+                .acquire_lock(&t, "someone-else", std::time::Duration::from_secs(60))
+                .await,
+            Err(Error::Conflict(Conflict::LockHeld { .. }))
+        ));
+        direct.delete_tables().await.unwrap();
+    }
+}
