@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from moto.awslambda.responses import LambdaResponse
 from moto.core.responses import BaseResponse
 from moto.dynamodb.responses import DynamoHandler
-from moto.iam.access_control import IAMPolicy, PermissionResult
+from moto.iam.access_control import IAMPolicy, IAMRequestBase, PermissionResult
 from moto.s3.models import FakeBucket
 from moto.server import main
 
@@ -151,6 +151,22 @@ def _bucket_permission(self, action, resource):
     return IAMPolicy(json.dumps(doc)).is_action_permitted(action, resource)
 
 
+_check_action_permitted = IAMRequestBase.check_action_permitted
+
+
+def _logged_check(self, resource):
+    """Every refusal goes to moto's log as one line, so a negative-control run can show which
+    call the removed statement was needed for."""
+    try:
+        return _check_action_permitted(self, resource)
+    except Exception:
+        principal = getattr(getattr(self, "_access_key", None), "arn", "?")
+        print(f"REHEARSAL-DENIED {self._action} on {resource} for {principal}",
+              file=sys.stderr, flush=True)
+        raise
+
+
+IAMRequestBase.check_action_permitted = _logged_check
 IAMPolicy.__init__ = _iam_policy_from_object
 FakeBucket.get_permission = _bucket_permission
 DynamoHandler._authenticate_and_authorize_normal_action = _dynamodb_authorize

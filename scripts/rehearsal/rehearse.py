@@ -753,6 +753,7 @@ class Rehearsal:
         self.moto = None
         self.functions = {}
         self.recorder = None
+        self.expected_denials = 0
 
     def log(self, msg):
         if not self.quiet:
@@ -897,6 +898,8 @@ class Rehearsal:
                 raise StepFailed("IAM", f"api role scanning api-keys: unexpected error {e}")
         else:
             raise StepFailed("IAM", "the api role scanned the api-keys table")
+        # Refusals from here on are the run's own.
+        self.expected_denials = len(access_denied_in(self.workdir))
 
     def cli(self, *argv):
         env = {
@@ -1280,13 +1283,13 @@ def run_once(args, without, quiet=False):
 
 
 def access_denied_in(workdir):
-    """Function log lines reporting an authorisation failure."""
-    hits = []
-    for p in sorted(workdir.glob("*Function.log")):
-        for line in p.read_text(errors="replace").splitlines():
-            if "AccessDenied" in line or "not authorized" in line:
-                hits.append(f"{p.stem}: {line.strip()[:300]}")
-    return hits
+    """The calls moto refused (moto_iam.py logs each refusal), first first."""
+    log = workdir / "moto.log"
+    if not log.exists():
+        return []
+    return [line.split("REHEARSAL-DENIED ", 1)[1].strip()
+            for line in log.read_text(errors="replace").splitlines()
+            if "REHEARSAL-DENIED " in line]
 
 
 def main():
@@ -1305,8 +1308,8 @@ def main():
     ok, err, workdir, r = run_once(args, args.without)
     if not ok:
         print(f"FAILED at {err.step}: {err.detail}")
-        for hit in access_denied_in(workdir)[:5]:
-            print(f"    {hit}")
+        for hit in access_denied_in(workdir)[r.expected_denials:][:5]:
+            print(f"    moto refused {hit}")
         print(f"    logs: {workdir}")
         return 0 if args.without else 1
     if args.without:
@@ -1331,19 +1334,27 @@ def main():
         chosen = statements
     print(f"==> negative control: {len(chosen)} of {len(statements)} statements, one run each")
     survivors = []
+    unexplained = []
     for sid in chosen:
-        ok, err, workdir, _ = run_once(args, [sid], quiet=True)
+        ok, err, workdir, run = run_once(args, [sid], quiet=True)
+        denied = access_denied_in(workdir)[run.expected_denials:]
         if ok:
             survivors.append(sid)
             print(f"  FAIL  without {sid}: the rehearsal still passes")
+        elif not denied:
+            # A failure without a refusal is not evidence that the statement is needed.
+            unexplained.append(sid)
+            print(f"  FAIL  without {sid}: fails at \"{err.step}\" but moto refused nothing: "
+                  f"{err.detail[:300]}")
         else:
-            denied = access_denied_in(workdir)
-            print(f"  ok    without {sid}: fails at \"{err.step}\""
-                  + (f"; {denied[0]}" if denied else ""))
+            print(f"  ok    without {sid}: fails at \"{err.step}\"; moto refused {denied[0]}")
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    if survivors:
-        print(f"FAIL: nothing in the rehearsal needs {survivors}")
+    if survivors or unexplained:
+        if survivors:
+            print(f"FAIL: nothing in the rehearsal needs {survivors}")
+        if unexplained:
+            print(f"FAIL: runs without {unexplained} failed for another reason than a refusal")
         return 1
     print("==> negative control passed: every statement tried is needed")
     return 0

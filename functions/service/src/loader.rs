@@ -293,12 +293,7 @@ impl ModelCache {
                     Ok(Some(next))
                 }
                 _ => {
-                    let items = self
-                        .stores
-                        .records
-                        .list_items(tenant)
-                        .await
-                        .step("list catalog")?;
+                    let items = self.catalog_items(tenant).await?;
                     Ok(Some(current.with_parts(
                         Arc::new(CatalogView::build(&current.model, &items)),
                         self.crm_still_current(tenant, current).await?,
@@ -369,12 +364,7 @@ impl ModelCache {
         for v in std::iter::once(live).chain(earlier.iter()) {
             match crate::fallback::read(&self.stores, tenant, v.version.as_str()).await {
                 Ok(model) => {
-                    let items = self
-                        .stores
-                        .records
-                        .list_items(tenant)
-                        .await
-                        .step("list catalog")?;
+                    let items = self.catalog_items(tenant).await?;
                     let why = format!(
                         "live version {} could not be loaded ({cause}) and no earlier version verifies; the popularity of version {} answers until it can",
                         live.version, v.version
@@ -401,6 +391,15 @@ impl ModelCache {
                 live.version
             ),
         })
+    }
+
+    /// The tenant's catalog rows (what a catalog view is built from).
+    async fn catalog_items(&self, tenant: &TenantId) -> Result<Vec<CatalogItem>> {
+        self.stores
+            .records
+            .list_items(tenant)
+            .await
+            .step("list catalog")
     }
 
     /// Reads, verifies and decodes a version's artifact, with the tenant's catalog.
@@ -453,12 +452,7 @@ impl ModelCache {
             Ok::<_, Error>((model, artifact_bytes, read_ms, ms()))
         };
         let catalog = async {
-            let items = self
-                .stores
-                .records
-                .list_items(tenant)
-                .await
-                .step("list catalog")?;
+            let items = self.catalog_items(tenant).await?;
             Ok::<_, Error>((items, ms()))
         };
         let (artifact, catalog) = tokio::join!(artifact, catalog);

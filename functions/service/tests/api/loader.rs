@@ -195,49 +195,60 @@ async fn publish_with_factors(stores: &Stores, tenant: &TenantId, version: &str,
         .unwrap();
 }
 
+/// The three ways a live artifact is unusable at a cold start.
+const BREAKAGES: [&str; 3] = ["deleted", "truncated", "over the size limit"];
+
+/// Breaks `version`'s artifact as `breakage` says (the size limit through the returned
+/// settings), and returns a router over the store with a recommend key, the key, and the
+/// artifact's good bytes for the repair.
+async fn broken(
+    stores: &Stores,
+    tenant: &TenantId,
+    version: &str,
+    breakage: &str,
+) -> (axum::Router, String, affinity_store::ModelVersion, Vec<u8>) {
+    use affinity_service::settings::Settings;
+    use affinity_service::state::AppState;
+    let v = stores
+        .records
+        .get_model(tenant, &ModelVersionId::parse(version).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let good = stores.blobs.get(tenant, &v.artifact_key).await.unwrap();
+    let mut settings = Settings::for_tests();
+    match breakage {
+        "deleted" => stores.blobs.delete(tenant, &v.artifact_key).await.unwrap(),
+        "truncated" => stores
+            .blobs
+            .put(tenant, &v.artifact_key, good[..good.len() / 2].to_vec())
+            .await
+            .unwrap(),
+        _ => settings.max_artifact_bytes = good.len() as u64 - 1,
+    }
+    let key = affinity_store::generate_api_key(
+        tenant,
+        [affinity_store::Scope::Recommend].into(),
+        None,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    stores.records.create_key(&key.record).await.unwrap();
+    let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
+    (router, key.secret, v, good)
+}
+
 /// A cold start whose live artifact was deleted, truncated or is over the size limit is
 /// answered by the previous version, flagged, through the router: no 5xx; and once the live
 /// artifact is whole again, the next pointer check serves it.
 #[tokio::test]
 async fn a_cold_start_with_an_unusable_live_artifact_serves_the_previous_version_flagged() {
-    use affinity_service::settings::Settings;
-    use affinity_service::state::AppState;
-
-    for breakage in ["deleted", "truncated", "over the size limit"] {
+    for breakage in BREAKAGES {
         let (stores, tenant) = shop().await;
         publish_with_factors(&stores, &tenant, "v1", 8).await;
         publish_with_factors(&stores, &tenant, "v2", 32).await;
-        let v2 = stores
-            .records
-            .get_model(&tenant, &ModelVersionId::parse("v2").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        let good = stores.blobs.get(&tenant, &v2.artifact_key).await.unwrap();
-        let mut settings = Settings::for_tests();
-        match breakage {
-            "deleted" => stores
-                .blobs
-                .delete(&tenant, &v2.artifact_key)
-                .await
-                .unwrap(),
-            "truncated" => stores
-                .blobs
-                .put(&tenant, &v2.artifact_key, good[..good.len() / 2].to_vec())
-                .await
-                .unwrap(),
-            _ => settings.max_artifact_bytes = good.len() as u64 - 1,
-        }
-        let key = affinity_store::generate_api_key(
-            &tenant,
-            [affinity_store::Scope::Recommend].into(),
-            None,
-            chrono::Utc::now(),
-        )
-        .unwrap();
-        stores.records.create_key(&key.record).await.unwrap();
-        let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
-        let call = |uri: &'static str| crate::fixture::get_from(&router, &key.secret, uri);
+        let (router, key, v2, good) = broken(&stores, &tenant, "v2", breakage).await;
+        let call = |uri: &'static str| crate::fixture::get_from(&router, &key, uri);
         let (s, b) = call("/v1/customers/cust-00001/recommendations?k=5").await;
         assert_eq!(s, 200, "{breakage}: {b}");
         assert_eq!(b["model_version"], "v1", "{breakage}: {b}");
@@ -271,43 +282,11 @@ async fn a_cold_start_with_an_unusable_live_artifact_serves_the_previous_version
 /// model again.
 #[tokio::test]
 async fn a_cold_start_with_no_loadable_version_answers_popularity_flagged() {
-    use affinity_service::settings::Settings;
-    use affinity_service::state::AppState;
-
-    for breakage in ["deleted", "truncated", "over the size limit"] {
+    for breakage in BREAKAGES {
         let (stores, tenant) = shop().await;
         publish_with_factors(&stores, &tenant, "v1", 8).await;
-        let v1 = stores
-            .records
-            .get_model(&tenant, &ModelVersionId::parse("v1").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        let good = stores.blobs.get(&tenant, &v1.artifact_key).await.unwrap();
-        let mut settings = Settings::for_tests();
-        match breakage {
-            "deleted" => stores
-                .blobs
-                .delete(&tenant, &v1.artifact_key)
-                .await
-                .unwrap(),
-            "truncated" => stores
-                .blobs
-                .put(&tenant, &v1.artifact_key, good[..good.len() / 3].to_vec())
-                .await
-                .unwrap(),
-            _ => settings.max_artifact_bytes = good.len() as u64 - 1,
-        }
-        let key = affinity_store::generate_api_key(
-            &tenant,
-            [affinity_store::Scope::Recommend].into(),
-            None,
-            chrono::Utc::now(),
-        )
-        .unwrap();
-        stores.records.create_key(&key.record).await.unwrap();
-        let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
-        let call = |uri: &'static str| crate::fixture::get_from(&router, &key.secret, uri);
+        let (router, key, v1, good) = broken(&stores, &tenant, "v1", breakage).await;
+        let call = |uri: &'static str| crate::fixture::get_from(&router, &key, uri);
         for uri in [
             "/v1/customers/cust-00001/recommendations?k=5",
             "/v1/customers/nobody-yet/recommendations?k=5",
