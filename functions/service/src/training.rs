@@ -131,6 +131,12 @@ pub async fn train_tenant(
     .step("train")
 }
 
+/// The blob key of a model artifact: its content address (`models/<sha256 hex>.afm`), the
+/// one constructor for the retrain and `publish` alike.
+pub fn artifact_key(checksum: &str) -> Result<BlobKey> {
+    BlobKey::parse(format!("models/{checksum}.afm")).step("artifact key")
+}
+
 /// Stores a trained model and makes it the tenant's live model, without an evaluation gate:
 /// the artifact goes to a content-addressed blob key, the version is registered with its
 /// checksum (its CRM snapshot beside it), and the live pointer moves by compare-and-set (the
@@ -150,7 +156,7 @@ pub async fn publish(
     crate::fallback::write(stores, tenant, model).await?;
     let m = model.to_bytes().step("encode artifact")?;
     let checksum = affinity_model::artifact::digest(&m);
-    let key = BlobKey::parse(format!("models/{}.afm", &checksum[..32])).step("artifact key")?;
+    let key = artifact_key(&checksum)?;
     stores
         .blobs
         .put(tenant, &key, m)

@@ -1153,7 +1153,7 @@ async fn locked(
         Ok((bytes, checksum))
     })
     .await?;
-    let key = BlobKey::parse(format!("models/{checksum}.afm")).step("artifact key")?;
+    let key = training::artifact_key(&checksum)?;
     stores
         .blobs
         .put(tenant, &key, bytes)
