@@ -16,11 +16,11 @@
 //! font: nothing reads system fonts at build or run time.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use affinity_model::model::TrainConfig;
 use affinity_store::{ModelStatus, ModelVersion, ModelVersionId, Stores, TenantId};
 use chrono::{DateTime, SecondsFormat, Utc};
+use maud::{DOCTYPE, Markup, PreEscaped, Render, html};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
@@ -195,57 +195,64 @@ fn figures(entry: &ModelVersion) -> Option<Figures> {
 pub fn render(data: &ReportData) -> Result<String> {
     let entry = &data.version.entry;
     let metrics = VersionMetrics::of(entry).ok();
-    let mut html = String::with_capacity(64 * 1024);
     let title = format!("Model report {}", entry.version);
-    let _ = write!(
-        html,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n\
-         <p class=\"sub\">Tenant <b>{}</b> · generated {}</p>\n",
-        esc(&title),
-        esc(&title),
-        esc(&data.tenant),
-        data.generated_at.to_rfc3339_opts(SecondsFormat::Secs, true)
-    );
-    header_table(&mut html, data, metrics.as_ref());
-
-    html.push_str("<h2>Metric history across versions</h2>\n");
-    history_section(&mut html, data)?;
-
-    html.push_str("<h2>Recall@k against popularity</h2>\n");
-    match metrics.as_ref().and_then(|m| m.curve.as_ref()) {
-        Some(curve) if !curve.points.is_empty() => {
-            figure(
-                &mut html,
+    let curve = match metrics.as_ref().and_then(|m| m.curve.as_ref()) {
+        Some(curve) if !curve.points.is_empty() => Some(html! {
+            (figure(
                 &curve_svg(curve)?,
                 "Recall@k on the gate's holdout: the model (fitted without the holdout) against the popularity baseline.",
-            );
-            curve_table(&mut html, curve);
+            ))
+            (curve_table(curve))
+        }),
+        _ => None,
+    };
+    let tiers = match &data.snapshot {
+        Some(s) => Some(tier_section(s)?),
+        None => None,
+    };
+    // Every interpolated value is escaped by maud; only the SVG that plotters drew (which
+    // escapes its own text) and the style sheet go in as they are.
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (title) }
+                p.sub {
+                    "Tenant " b { (data.tenant) } " · generated "
+                    (data.generated_at.to_rfc3339_opts(SecondsFormat::Secs, true))
+                }
+                (header_table(data, metrics.as_ref()))
+                h2 { "Metric history across versions" }
+                (history_section(data)?)
+                h2 { "Recall@k against popularity" }
+                @match curve {
+                    Some(c) => (c),
+                    None => p.note {
+                        "No recall@k curve was recorded for this version: it was registered \
+                         before the retrain pipeline recorded one, or without the pipeline. \
+                         Retrain to get one."
+                    },
+                }
+                h2 { "Value tiers" }
+                @match tiers {
+                    Some(t) => (t),
+                    None => p.note {
+                        "This version has no customer insight snapshot (it was trained before \
+                         snapshots existed), so there is no tier distribution."
+                    },
+                }
+                h2 { "Offer response by tier" }
+                (offer_section(data)?)
+            }
         }
-        _ => {
-            html.push_str(
-                "<p class=\"note\">No recall@k curve was recorded for this version: it was \
-                 registered before the retrain pipeline recorded one, or without the pipeline. \
-                 Retrain to get one.</p>\n",
-            );
-        }
-    }
-
-    html.push_str("<h2>Value tiers</h2>\n");
-    match &data.snapshot {
-        Some(s) => tier_section(&mut html, s)?,
-        None => html.push_str(
-            "<p class=\"note\">This version has no customer insight snapshot (it was trained \
-             before snapshots existed), so there is no tier distribution.</p>\n",
-        ),
-    }
-
-    html.push_str("<h2>Offer response by tier</h2>\n");
-    offer_section(&mut html, data)?;
-
-    html.push_str("</body>\n</html>\n");
-    Ok(html)
+    };
+    Ok(page.into_string())
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;\
@@ -259,163 +266,117 @@ figure{margin:1em 0}figcaption{color:#52606d;font-size:.9em}svg{max-width:100%;h
 .note{background:#fffbea;border-left:4px solid #f0b429;padding:.5em .8em}\
 .live{color:#147d64;font-weight:600}.rejected{color:#ab091e;font-weight:600}";
 
-/// Escapes text for HTML element content and attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A metric as printed on the page (and asserted on by tests).
 pub fn num(x: f64) -> String {
     format!("{x:.4}")
 }
 
-fn row(html: &mut String, name: &str, value: &str) {
-    let _ = writeln!(html, "<tr><th>{}</th><td>{value}</td></tr>", esc(name));
+fn row(name: &str, value: impl Render) -> Markup {
+    html! { tr { th { (name) } td { (value) } } }
 }
 
-fn status_html(view: &VersionView) -> String {
+fn status_html(view: &VersionView) -> Markup {
     let s = view.entry.status;
     let class = match s {
-        ModelStatus::Rejected => " class=\"rejected\"",
-        _ if view.live => " class=\"live\"",
-        _ => "",
+        ModelStatus::Rejected => Some("rejected"),
+        _ if view.live => Some("live"),
+        _ => None,
     };
-    let live = if view.live { " (serving now)" } else { "" };
-    format!("<span{class}>{}</span>{live}", s.as_str())
+    html! {
+        span class=[class] { (s.as_str()) }
+        @if view.live { " (serving now)" }
+    }
 }
 
-fn header_table(html: &mut String, data: &ReportData, metrics: Option<&VersionMetrics>) {
+fn header_table(data: &ReportData, metrics: Option<&VersionMetrics>) -> Markup {
     let e = &data.version.entry;
     let params = serde_json::from_value::<VersionParams>(e.params.clone()).ok();
-    html.push_str("<table class=\"head\">\n");
-    row(
-        html,
-        "Version",
-        &format!("<code>{}</code>", esc(e.version.as_str())),
-    );
-    row(html, "Status", &status_html(&data.version));
-    row(
-        html,
-        "Trained (registered) at",
-        &e.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-    );
-    if let Some(w) = params.as_ref().and_then(|p| p.data_watermark) {
-        row(
-            html,
-            "Newest purchase",
-            &w.to_rfc3339_opts(SecondsFormat::Secs, true),
-        );
-    }
     let c = &e.data_counts;
     let mut counts = format!(
         "{} purchases · {} customers · {} items",
         c.purchases, c.customers, c.items
     );
     if let Some(p) = &params {
-        let _ = write!(counts, " · {} customer-item pairs", p.pairs);
+        counts.push_str(&format!(" · {} customer-item pairs", p.pairs));
     }
-    row(html, "Data", &counts);
     let config = params
         .as_ref()
         .map(|p| p.config.clone())
         .or_else(|| serde_json::from_value::<TrainConfig>(e.params.clone()).ok());
-    match config {
-        Some(cfg) => row(html, "Parameters", &esc(&describe_config(&cfg))),
-        None => row(
-            html,
-            "Parameters",
-            &format!("<code>{}</code>", esc(&e.params.to_string())),
-        ),
-    }
-    if let Some(p) = &params {
-        if let Some(t) = &p.tuning {
-            row(
-                html,
-                "Tuning",
-                &format!("{} configurations in {:.1} s", t.tried, t.seconds),
-            );
-        }
-        row(html, "Job", &format!("<code>{}</code>", esc(&p.job_id)));
-    }
-    match metrics {
-        Some(m) => {
-            row(
-                html,
-                "Gate",
-                &format!(
-                    "{}{} — {}",
-                    esc(m.gate.verdict.as_str()),
-                    if m.gate.forced { " (force asked)" } else { "" },
-                    esc(&m.gate.reason)
-                ),
-            );
-            let ev = &m.evaluation;
-            row(
-                html,
-                "Holdout",
-                &format!("{} customers, metrics at k = {}", ev.customers, ev.k),
-            );
-            html.push_str("</table>\n<table class=\"metrics\">\n<tr><th>Scorer</th>");
-            let k = ev.k;
-            let _ = writeln!(
-                html,
-                "<th>recall@{k}</th><th>NDCG@{k}</th><th>hit rate@{k}</th><th>precision@{k}</th><th>coverage</th></tr>"
-            );
-            let mut line = |name: String, m: &affinity_model::eval::Metrics| {
-                let _ = writeln!(
-                    html,
-                    "<tr><td>{name}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-                    num(m.recall),
-                    num(m.ndcg),
-                    num(m.hit_rate),
-                    num(m.precision),
-                    num(m.coverage)
-                );
-            };
-            line("this model".into(), &ev.candidate);
-            line("popularity".into(), &ev.popularity);
-            if let Some(l) = &ev.live {
-                line(
-                    format!("model live then (<code>{}</code>)", esc(&l.version)),
-                    &l.metrics,
-                );
+    let flat: Vec<String> = e
+        .metrics
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(n, v)| v.as_f64().map(|x| format!("{n} = {}", num(x))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let scorer = |name: Markup, m: &affinity_model::eval::Metrics| {
+        html! {
+            tr {
+                td { (name) }
+                @for x in [m.recall, m.ndcg, m.hit_rate, m.precision, m.coverage] {
+                    td.n { (num(x)) }
+                }
             }
-            html.push_str("</table>\n");
         }
-        None => {
-            if let Some(reason) = &e.reason {
-                row(html, "Gate", &esc(reason));
+    };
+    html! {
+        table.head {
+            (row("Version", html! { code { (e.version.as_str()) } }))
+            (row("Status", status_html(&data.version)))
+            (row("Trained (registered) at", e.created_at.to_rfc3339_opts(SecondsFormat::Secs, true)))
+            @if let Some(w) = params.as_ref().and_then(|p| p.data_watermark) {
+                (row("Newest purchase", w.to_rfc3339_opts(SecondsFormat::Secs, true)))
             }
-            let flat: Vec<String> = e
-                .metrics
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .filter_map(|(n, v)| v.as_f64().map(|x| format!("{} = {}", esc(n), num(x))))
-                        .collect()
-                })
-                .unwrap_or_default();
-            row(
-                html,
-                "Metrics",
-                &if flat.is_empty() {
-                    "none recorded".to_owned()
-                } else {
-                    flat.join(" · ")
-                },
-            );
-            html.push_str("</table>\n");
+            (row("Data", &counts))
+            @match &config {
+                Some(cfg) => (row("Parameters", describe_config(cfg))),
+                None => (row("Parameters", html! { code { (e.params.to_string()) } })),
+            }
+            @if let Some(p) = &params {
+                @if let Some(t) = &p.tuning {
+                    (row("Tuning", format!("{} configurations in {:.1} s", t.tried, t.seconds)))
+                }
+                (row("Job", html! { code { (p.job_id) } }))
+            }
+            @match metrics {
+                Some(m) => {
+                    (row("Gate", format!(
+                        "{}{} — {}",
+                        m.gate.verdict.as_str(),
+                        if m.gate.forced { " (force asked)" } else { "" },
+                        m.gate.reason
+                    )))
+                    (row("Holdout", format!(
+                        "{} customers, metrics at k = {}",
+                        m.evaluation.customers, m.evaluation.k
+                    )))
+                }
+                None => {
+                    @if let Some(reason) = &e.reason {
+                        (row("Gate", reason))
+                    }
+                    (row("Metrics", if flat.is_empty() { "none recorded".to_owned() } else { flat.join(" · ") }))
+                }
+            }
+        }
+        @if let Some(m) = metrics {
+            @let ev = &m.evaluation;
+            @let k = ev.k;
+            table.metrics {
+                tr {
+                    th { "Scorer" }
+                    th { "recall@" (k) } th { "NDCG@" (k) } th { "hit rate@" (k) }
+                    th { "precision@" (k) } th { "coverage" }
+                }
+                (scorer(html! { "this model" }, &ev.candidate))
+                (scorer(html! { "popularity" }, &ev.popularity))
+                @if let Some(l) = &ev.live {
+                    (scorer(html! { "model live then (" code { (l.version) } ")" }, &l.metrics))
+                }
+            }
         }
     }
 }
@@ -439,12 +400,8 @@ fn describe_config(c: &TrainConfig) -> String {
     )
 }
 
-fn figure(html: &mut String, svg: &str, caption: &str) {
-    let _ = write!(
-        html,
-        "<figure>\n{svg}\n<figcaption>{}</figcaption>\n</figure>\n",
-        esc(caption)
-    );
+fn figure(svg: &str, caption: &str) -> Markup {
+    html! { figure { (PreEscaped(svg)) figcaption { (caption) } } }
 }
 
 /// Plot colours (colour-blind safe pairs).
@@ -491,7 +448,7 @@ fn top(max: f64) -> f64 {
     }
 }
 
-fn history_section(html: &mut String, data: &ReportData) -> Result<()> {
+fn history_section(data: &ReportData) -> Result<Markup> {
     let points: Vec<(usize, &VersionView, Figures)> = data
         .history
         .iter()
@@ -500,10 +457,9 @@ fn history_section(html: &mut String, data: &ReportData) -> Result<()> {
         .map(|(i, (v, f))| (i, v, f))
         .collect();
     if points.is_empty() {
-        html.push_str(
-            "<p class=\"note\">No version of this tenant has recorded holdout metrics.</p>\n",
-        );
-        return Ok(());
+        return Ok(html! {
+            p.note { "No version of this tenant has recorded holdout metrics." }
+        });
     }
     let ks: std::collections::BTreeSet<usize> = points.iter().map(|p| p.2.k).collect();
     let k_label = if ks.len() == 1 {
@@ -620,36 +576,33 @@ fn history_section(html: &mut String, data: &ReportData) -> Result<()> {
             .map_err(s)?;
         Ok(())
     })?;
-    figure(
-        html,
-        &svg,
-        "Holdout metrics of each registered version (each fitted without its holdout). Green rings: the version serving now; red crosses: rejected by the promotion gate.",
-    );
-    html.push_str("<table>\n<tr><th>#</th><th>Version</th><th>Registered</th><th>Status</th><th>k</th><th>recall@k</th><th>NDCG@k</th></tr>\n");
-    for (i, v, f) in &points {
-        let _ = writeln!(
-            html,
-            "<tr><td class=\"n\">{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            i + 1,
-            esc(v.entry.version.as_str()),
-            v.entry
-                .created_at
-                .to_rfc3339_opts(SecondsFormat::Secs, true),
-            status_html(v),
-            f.k,
-            num(f.recall),
-            num(f.ndcg)
-        );
-    }
-    html.push_str("</table>\n");
     let missing = data.history.len() - points.len();
-    if missing > 0 {
-        let _ = writeln!(
-            html,
-            "<p class=\"note\">{missing} version(s) carry no recall/NDCG figures and are not drawn.</p>"
-        );
-    }
-    Ok(())
+    Ok(html! {
+        (figure(
+            &svg,
+            "Holdout metrics of each registered version (each fitted without its holdout). Green rings: the version serving now; red crosses: rejected by the promotion gate.",
+        ))
+        table {
+            tr {
+                th { "#" } th { "Version" } th { "Registered" } th { "Status" } th { "k" }
+                th { "recall@k" } th { "NDCG@k" }
+            }
+            @for (i, v, f) in &points {
+                tr {
+                    td.n { (i + 1) }
+                    td { code { (v.entry.version.as_str()) } }
+                    td { (v.entry.created_at.to_rfc3339_opts(SecondsFormat::Secs, true)) }
+                    td { (status_html(v)) }
+                    td.n { (f.k) }
+                    td.n { (num(f.recall)) }
+                    td.n { (num(f.ndcg)) }
+                }
+            }
+        }
+        @if missing > 0 {
+            p.note { (missing) " version(s) carry no recall/NDCG figures and are not drawn." }
+        }
+    })
 }
 
 fn curve_svg(curve: &RecallCurve) -> Result<String> {
@@ -718,20 +671,14 @@ fn curve_svg(curve: &RecallCurve) -> Result<String> {
     })
 }
 
-fn curve_table(html: &mut String, curve: &RecallCurve) {
-    html.push_str("<table>\n<tr><th>k</th>");
-    for p in &curve.points {
-        let _ = write!(html, "<th>{}</th>", p.k);
+fn curve_table(curve: &RecallCurve) -> Markup {
+    html! {
+        table {
+            tr { th { "k" } @for p in &curve.points { th { (p.k) } } }
+            tr { td { "this model" } @for p in &curve.points { td.n { (num(p.candidate)) } } }
+            tr { td { "popularity" } @for p in &curve.points { td.n { (num(p.popularity)) } } }
+        }
     }
-    html.push_str("</tr>\n<tr><td>this model</td>");
-    for p in &curve.points {
-        let _ = write!(html, "<td class=\"n\">{}</td>", num(p.candidate));
-    }
-    html.push_str("</tr>\n<tr><td>popularity</td>");
-    for p in &curve.points {
-        let _ = write!(html, "<td class=\"n\">{}</td>", num(p.popularity));
-    }
-    html.push_str("</tr>\n</table>\n");
 }
 
 /// Customers and CLV of one tier.
@@ -856,7 +803,7 @@ fn bars_svg(
     })
 }
 
-fn tier_section(html: &mut String, snapshot: &CrmSnapshot) -> Result<()> {
+fn tier_section(snapshot: &CrmSnapshot) -> Result<Markup> {
     let totals = tier_totals(snapshot);
     let names = tier_order(snapshot, totals.keys());
     let names: Vec<String> = names
@@ -864,8 +811,7 @@ fn tier_section(html: &mut String, snapshot: &CrmSnapshot) -> Result<()> {
         .filter(|n| totals.contains_key(n))
         .collect();
     if names.is_empty() {
-        html.push_str("<p class=\"note\">The snapshot holds no customer profiles.</p>\n");
-        return Ok(());
+        return Ok(html! { p.note { "The snapshot holds no customer profiles." } });
     }
     let get = |n: &String| totals.get(n).cloned().unwrap_or_default();
     let customers: Vec<f64> = names.iter().map(|n| get(n).customers as f64).collect();
@@ -882,52 +828,56 @@ fn tier_section(html: &mut String, snapshot: &CrmSnapshot) -> Result<()> {
         &names,
         &[("CLV", GREEN, clv)],
     )?;
-    let _ = write!(
-        html,
-        "<figure>\n{a}\n{b}\n<figcaption>Value tiers of this version's customer insight \
-         snapshot ({} customers): how many customers each tier holds and their summed \
-         {}-month CLV.</figcaption>\n</figure>\n",
-        snapshot.profiles.customers.len(),
-        snapshot.profiles.config.clv_months
-    );
-    html.push_str(
-        "<table>\n<tr><th>Tier</th><th>Customers</th><th>Total CLV</th><th>Without CLV</th></tr>\n",
-    );
-    for n in &names {
-        let t = get(n);
-        let _ = writeln!(
-            html,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.2}</td><td class=\"n\">{}</td></tr>",
-            esc(n),
-            t.customers,
-            t.clv,
-            t.no_clv
-        );
-    }
-    html.push_str("</table>\n");
-    for note in &snapshot.profiles.notes {
-        let _ = writeln!(html, "<p class=\"note\">{}</p>", esc(note));
-    }
-    Ok(())
+    Ok(html! {
+        figure {
+            (PreEscaped(a))
+            (PreEscaped(b))
+            figcaption {
+                "Value tiers of this version's customer insight snapshot ("
+                (snapshot.profiles.customers.len())
+                " customers): how many customers each tier holds and their summed "
+                (snapshot.profiles.config.clv_months) "-month CLV."
+            }
+        }
+        table {
+            tr { th { "Tier" } th { "Customers" } th { "Total CLV" } th { "Without CLV" } }
+            @for n in &names {
+                @let t = get(n);
+                tr {
+                    td { (n) }
+                    td.n { (t.customers) }
+                    td.n { (format!("{:.2}", t.clv)) }
+                    td.n { (t.no_clv) }
+                }
+            }
+        }
+        @for note in &snapshot.profiles.notes {
+            p.note { (note) }
+        }
+    })
 }
 
-fn offer_section(html: &mut String, data: &ReportData) -> Result<()> {
+fn offer_section(data: &ReportData) -> Result<Markup> {
     let o = &data.offers;
     if o.events == 0 {
-        let _ = writeln!(
-            html,
-            "<p class=\"note\">No offer events recorded yet ({} offers): record shown, accepted \
-             and declined events through <code>POST /v1/offers/events</code> to see the \
-             response.</p>",
-            o.offers
-        );
-        return Ok(());
+        return Ok(html! {
+            p.note {
+                "No offer events recorded yet (" (o.offers) " offers): record shown, accepted \
+                 and declined events through " code { "POST /v1/offers/events" }
+                " to see the response."
+            }
+        });
     }
     let rate = |r: &Response| {
         r.acceptance_rate
             .map_or("–".to_owned(), |x| format!("{:.1}%", x * 100.0))
     };
-    match &data.snapshot {
+    let cells = |r: &Response| {
+        html! {
+            td.n { (r.shown) } td.n { (r.accepted) } td.n { (r.declined) } td.n { (rate(r)) }
+        }
+    };
+    let by_tier = match &data.snapshot {
         Some(s) if !o.by_tier.is_empty() => {
             let names = tier_order(s, o.by_tier.keys());
             let names: Vec<String> = names
@@ -946,53 +896,48 @@ fn offer_section(html: &mut String, data: &ReportData) -> Result<()> {
                     ("accepted (converted)", BLUE, accepted),
                 ],
             )?;
-            figure(
-                html,
-                &chart,
-                &format!(
-                    "All {} offers' events ({} in all), by the customer's tier in this version's snapshot.",
-                    o.offers, o.events
-                ),
+            let caption = format!(
+                "All {} offers' events ({} in all), by the customer's tier in this version's snapshot.",
+                o.offers, o.events
             );
-            html.push_str("<table>\n<tr><th>Tier</th><th>Shown</th><th>Accepted</th><th>Declined</th><th>Acceptance</th></tr>\n");
-            for n in &names {
-                let r = get(n);
-                let _ = writeln!(
-                    html,
-                    "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-                    esc(n),
-                    r.shown,
-                    r.accepted,
-                    r.declined,
-                    rate(&r)
-                );
+            Some((
+                chart,
+                caption,
+                names
+                    .iter()
+                    .map(|n| (n.clone(), get(n)))
+                    .collect::<Vec<_>>(),
+            ))
+        }
+        _ => None,
+    };
+    Ok(html! {
+        @if let Some((chart, caption, _)) = &by_tier {
+            (figure(chart, caption))
+        } @else {
+            p.note {
+                "Without a customer insight snapshot the events cannot be split by tier; totals only."
             }
         }
-        _ => html.push_str(
-            "<p class=\"note\">Without a customer insight snapshot the events cannot be split \
-             by tier; totals only.</p>\n<table>\n<tr><th></th><th>Shown</th><th>Accepted</th>\
-             <th>Declined</th><th>Acceptance</th></tr>\n",
-        ),
-    }
-    let t = &o.total;
-    let _ = writeln!(
-        html,
-        "<tr><th>all customers</th><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n</table>",
-        t.shown,
-        t.accepted,
-        t.declined,
-        rate(t)
-    );
-    if o.truncated > 0 {
-        let _ = writeln!(
-            html,
-            "<p class=\"note\">{} offer(s) have more than {} events: only the newest {} of each are counted.</p>",
-            o.truncated,
-            crm::OFFER_EVENT_LIMIT,
-            crm::OFFER_EVENT_LIMIT
-        );
-    }
-    Ok(())
+        table {
+            tr {
+                th { @if by_tier.is_some() { "Tier" } }
+                th { "Shown" } th { "Accepted" } th { "Declined" } th { "Acceptance" }
+            }
+            @if let Some((_, _, rows)) = &by_tier {
+                @for (n, r) in rows {
+                    tr { td { (n) } (cells(r)) }
+                }
+            }
+            tr { th { "all customers" } (cells(&o.total)) }
+        }
+        @if o.truncated > 0 {
+            p.note {
+                (o.truncated) " offer(s) have more than " (crm::OFFER_EVENT_LIMIT)
+                " events: only the newest " (crm::OFFER_EVENT_LIMIT) " of each are counted."
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -1272,12 +1217,43 @@ mod tests {
         assert!(!html.contains("<code>v1</code>"));
     }
 
+    /// Text the page shows but does not write itself (tenant, tier names, the version's
+    /// reason, insight notes, offer tiers) goes through the template's escaping: markup in
+    /// it is shown as text, never run.
     #[test]
-    fn escaping_covers_markup_and_quotes() {
-        assert_eq!(
-            esc(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+    fn markup_in_shop_supplied_text_is_rendered_as_text() {
+        const SCRIPT: &str = "<script>alert(1)</script>";
+        const IMG: &str = r#""><img src=x onerror=alert(2)>"#;
+        let mut d = data();
+        d.tenant = format!("shop {SCRIPT}");
+        d.version.entry.reason = Some(format!("operator note {IMG}"));
+        d.version.entry.metrics = serde_json::json!({ IMG: 0.5 });
+        if let Some(s) = d.snapshot.as_mut() {
+            s.profiles.notes.push(format!("note {SCRIPT} {IMG}"));
+            for (_, p) in s.profiles.customers.iter_mut() {
+                if p.tier == "gold" {
+                    p.tier = format!("gold{IMG}");
+                }
+            }
+        }
+        if let Some(r) = d.offers.by_tier.remove("gold") {
+            d.offers.by_tier.insert(format!("gold{IMG}"), r);
+        }
+        for html in [render(&d).unwrap(), {
+            d.snapshot = None;
+            render(&d).unwrap()
+        }] {
+            assert!(!html.contains("<script"), "{html}");
+            assert!(!html.contains("<img"), "{html}");
+            assert!(
+                html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+                "{html}"
+            );
+            assert!(
+                html.contains("&quot;&gt;&lt;img src=x onerror=alert(2)&gt;"),
+                "{html}"
+            );
+        }
         assert_eq!(num(0.123456), "0.1235");
     }
 }
