@@ -789,7 +789,7 @@ async fn models(stores: &Stores, tenant: &TenantId, cmd: ModelsCmd, json: bool) 
                     }),
                     metric(|m| Some(f4(m.evaluation.popularity.recall))),
                     e.data_counts.purchases.to_string(),
-                    clip(e.reason.as_deref().unwrap_or(""), 70),
+                    affinity_service::error::clip_to(e.reason.as_deref().unwrap_or(""), 70),
                 ]);
             }
             println!("{t}");
@@ -927,15 +927,6 @@ fn print_job(job: &JobRecord, json: bool) -> Result<()> {
     ]);
     println!("{t}");
     Ok(())
-}
-
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(n - 1).collect();
-    out.push('…');
-    out
 }
 
 async fn show_examples(

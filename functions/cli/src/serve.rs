@@ -20,6 +20,12 @@ pub async fn run(
     if let Some(a) = addr {
         settings.addr = a;
     }
+    // Bound first, so the printed examples name the real address (port 0 picks a free one)
+    // and a port already in use fails before minutes of demo training.
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("bind {}", settings.addr))?;
+    let bound = listener.local_addr()?;
     if with_demo {
         populate(&stores, tenant).await?;
         let outcome = crate::retrain_now(
@@ -45,17 +51,11 @@ pub async fn run(
             .create_key(&key.record)
             .await
             .context("store the development key")?;
-        print_examples(&settings.addr, &key.secret, live.as_str());
+        print_examples(&bound, &key.secret, live.as_str());
     }
     telemetry::init(&settings);
     let state = AppState::new(stores, &settings);
-    let listener = tokio::net::TcpListener::bind(settings.addr)
-        .await
-        .with_context(|| format!("bind {}", settings.addr))?;
-    println!(
-        "serving on http://{} (Ctrl-C stops)",
-        listener.local_addr()?
-    );
+    println!("serving on http://{bound} (Ctrl-C stops)");
     host::serve_on(routes::router(state), listener).await?;
     Ok(())
 }

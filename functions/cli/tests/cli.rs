@@ -593,15 +593,6 @@ fn readme_tour() -> Vec<String> {
         .collect()
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs one README command as a user would (a POSIX shell, real curl) with `KEY` and
 /// `AFFINITY` set; returns the HTTP status and the body as JSON.
 fn run_example(line: &str, key: &str, base: &str) -> (u16, serde_json::Value) {
@@ -638,10 +629,10 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 #[test]
 fn readme_tour_runs_against_the_demo_server() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let base = format!("http://{addr}");
+    // Port 0: the server binds a free port itself and prints it (no race with other tests
+    // for a port chosen here).
     let mut child = Command::new(env!("CARGO_BIN_EXE_affinity"))
-        .args(["serve", "--demo", "--addr", &addr])
+        .args(["serve", "--demo", "--addr", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("AFFINITY_DATA_DIR", dir.path().join("store"))
         .env_remove("AFFINITY_BACKEND")
@@ -684,6 +675,12 @@ fn readme_tour_runs_against_the_demo_server() {
             ),
         }
     }
+    let addr = printed
+        .last()
+        .and_then(|l| between(l, "serving on http://", " "))
+        .unwrap_or_else(|| panic!("no address printed: {printed:#?}"))
+        .to_owned();
+    let base = format!("http://{addr}");
     let mut up = false;
     for _ in 0..200 {
         if std::net::TcpStream::connect(&addr).is_ok() {

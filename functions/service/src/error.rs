@@ -372,16 +372,21 @@ impl ApiError {
     }
 }
 
-/// Shortens user-supplied text quoted back in messages and logs.
+/// Shortens user-supplied text quoted back in messages and logs (80 characters and an
+/// ellipsis).
 pub fn clip(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.chars().count() <= MAX {
-        s.to_owned()
-    } else {
-        let mut c: String = s.chars().take(MAX).collect();
-        c.push('…');
-        c
+    clip_to(s, 81)
+}
+
+/// Shortens text to at most `max` characters, the last an ellipsis when cut: the one rule
+/// for messages, stored job and version text, and CLI tables.
+pub fn clip_to(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
     }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 impl IntoResponse for ApiError {

@@ -504,6 +504,30 @@ fn tally_upserts(report: &mut ImportReport, outcomes: &[UpsertOutcome]) {
     }
 }
 
+/// Writes parsed rows with `write` (given the report to tally into, the rows' file lines
+/// and the rows), `batch_size` at a time, reporting progress: the one shape of every import.
+async fn write_in_batches<T: Clone>(
+    (rows, skipped): Parsed<T>,
+    options: &ImportOptions,
+    progress: Progress<'_>,
+    write: impl AsyncFn(&mut ImportReport, &[u64], Vec<T>) -> Result<()>,
+) -> Result<ImportReport> {
+    let mut report = ImportReport {
+        rows_read: (rows.len() + skipped.len()) as u64,
+        skipped,
+        ..Default::default()
+    };
+    let mut done = 0u64;
+    for chunk in rows.chunks(options.batch_size.max(1)) {
+        let lines: Vec<u64> = chunk.iter().map(|(l, _)| *l).collect();
+        let batch: Vec<T> = chunk.iter().map(|(_, row)| row.clone()).collect();
+        write(&mut report, &lines, batch).await?;
+        done += chunk.len() as u64;
+        progress(done);
+    }
+    Ok(report)
+}
+
 /// Imports purchases from a CSV reader; `file` names the source in error messages.
 pub async fn import_purchases<R: Read>(
     reader: R,
@@ -514,24 +538,20 @@ pub async fn import_purchases<R: Read>(
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
     let now = Utc::now();
-    let (rows, skipped) = parse_all(reader, file, PURCHASE_COLUMNS, options.skip_bad_rows, |r| {
+    let parsed = parse_all(reader, file, PURCHASE_COLUMNS, options.skip_bad_rows, |r| {
         parse_purchase(r, now)
     })?;
-    let mut report = ImportReport {
-        rows_read: (rows.len() + skipped.len()) as u64,
-        skipped,
-        ..Default::default()
-    };
-    let mut done = 0u64;
-    for chunk in rows.chunks(options.batch_size.max(1)) {
-        let lines: Vec<u64> = chunk.iter().map(|(l, _)| *l).collect();
-        let batch: Vec<Purchase> = chunk.iter().map(|(_, p)| p.clone()).collect();
-        let outcomes = store.put_purchases(tenant, &batch).await?;
-        tally_writes(&mut report, &lines, &outcomes);
-        done += chunk.len() as u64;
-        progress(done);
-    }
-    Ok(report)
+    write_in_batches(
+        parsed,
+        &options,
+        progress,
+        async |report, lines, batch: Vec<Purchase>| {
+            let outcomes = store.put_purchases(tenant, &batch).await?;
+            tally_writes(report, lines, &outcomes);
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Imports purchases from a CSV file.
@@ -554,6 +574,32 @@ pub async fn import_purchases_file(
     .await
 }
 
+/// Parses rows with `parse` and stores them with `upsert`: the catalog and offer imports.
+async fn import_upserts<T: Clone, R: Read>(
+    reader: R,
+    file: &str,
+    columns: &[(&str, bool)],
+    parse: fn(&Row<'_>, DateTime<Utc>) -> Result<T, FieldError>,
+    options: ImportOptions,
+    progress: Progress<'_>,
+    upsert: impl AsyncFn(&[T]) -> Result<Vec<UpsertOutcome>>,
+) -> Result<ImportReport> {
+    let now = crate::types::normalize_time(Utc::now());
+    let parsed = parse_all(reader, file, columns, options.skip_bad_rows, |r| {
+        parse(r, now)
+    })?;
+    write_in_batches(
+        parsed,
+        &options,
+        progress,
+        async |report, _, batch: Vec<T>| {
+            tally_upserts(report, &upsert(&batch).await?);
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// Imports catalog items (upserts) from a CSV reader.
 pub async fn import_items<R: Read>(
     reader: R,
@@ -563,23 +609,17 @@ pub async fn import_items<R: Read>(
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
-    let now = crate::types::normalize_time(Utc::now());
-    let (rows, skipped) = parse_all(reader, file, ITEM_COLUMNS, options.skip_bad_rows, |r| {
-        parse_item(r, now)
-    })?;
-    let mut report = ImportReport {
-        rows_read: (rows.len() + skipped.len()) as u64,
-        skipped,
-        ..Default::default()
-    };
-    let mut done = 0u64;
-    for chunk in rows.chunks(options.batch_size.max(1)) {
-        let batch: Vec<CatalogItem> = chunk.iter().map(|(_, i)| i.clone()).collect();
-        tally_upserts(&mut report, &store.upsert_items(tenant, &batch).await?);
-        done += chunk.len() as u64;
-        progress(done);
-    }
-    Ok(report)
+    let upsert = async |batch: &[CatalogItem]| store.upsert_items(tenant, batch).await;
+    import_upserts(
+        reader,
+        file,
+        ITEM_COLUMNS,
+        parse_item,
+        options,
+        progress,
+        upsert,
+    )
+    .await
 }
 
 /// Imports catalog items from a CSV file.
@@ -611,23 +651,17 @@ pub async fn import_offers<R: Read>(
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
-    let now = crate::types::normalize_time(Utc::now());
-    let (rows, skipped) = parse_all(reader, file, OFFER_COLUMNS, options.skip_bad_rows, |r| {
-        parse_offer(r, now)
-    })?;
-    let mut report = ImportReport {
-        rows_read: (rows.len() + skipped.len()) as u64,
-        skipped,
-        ..Default::default()
-    };
-    let mut done = 0u64;
-    for chunk in rows.chunks(options.batch_size.max(1)) {
-        let batch: Vec<OfferRecord> = chunk.iter().map(|(_, o)| o.clone()).collect();
-        tally_upserts(&mut report, &store.upsert_offers(tenant, &batch).await?);
-        done += chunk.len() as u64;
-        progress(done);
-    }
-    Ok(report)
+    let upsert = async |batch: &[OfferRecord]| store.upsert_offers(tenant, batch).await;
+    import_upserts(
+        reader,
+        file,
+        OFFER_COLUMNS,
+        parse_offer,
+        options,
+        progress,
+        upsert,
+    )
+    .await
 }
 
 /// Imports offers from a CSV file.

@@ -1511,12 +1511,7 @@ impl Clock {
 const MAX_MESSAGE_CHARS: usize = affinity_store::MAX_TEXT_CHARS;
 
 fn clip(s: &str) -> String {
-    if s.chars().count() <= MAX_MESSAGE_CHARS {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(MAX_MESSAGE_CHARS - 1).collect();
-    out.push('…');
-    out
+    crate::error::clip_to(s, MAX_MESSAGE_CHARS)
 }
 
 /// A version id derived from the job, so every attempt of one job names the same version:

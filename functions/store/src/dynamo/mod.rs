@@ -410,22 +410,38 @@ impl Inner {
             if pending.is_empty() {
                 break;
             }
-            // Progress resets the budget; only rounds that get nothing through count against it.
-            stalled = if pending.len() < before {
-                1
-            } else {
-                stalled + 1
-            };
-            if stalled >= self.retry.max_attempts {
-                return Err(Error::Throttled {
-                    operation: "BatchWriteItem (unprocessed items)".into(),
-                    attempts: stalled,
-                });
-            }
             tracing::debug!(table = %name, unprocessed = pending.len(), "retrying unprocessed items");
-            tokio::time::sleep(self.retry.delay(stalled)).await;
+            stalled = self
+                .unprocessed_round(
+                    "BatchWriteItem (unprocessed items)",
+                    stalled,
+                    before,
+                    &pending,
+                )
+                .await?;
         }
         Ok(())
+    }
+
+    /// After a batch round left `left` of `before` requests unprocessed: the next round's
+    /// stall count, after the backoff. Progress resets the budget; only rounds that get
+    /// nothing through count against it, and exhausting it is `Throttled`.
+    async fn unprocessed_round<T>(
+        &self,
+        operation: &str,
+        stalled: u32,
+        before: usize,
+        left: &[T],
+    ) -> Result<u32> {
+        let stalled = if left.len() < before { 1 } else { stalled + 1 };
+        if stalled >= self.retry.max_attempts {
+            return Err(Error::Throttled {
+                operation: operation.into(),
+                attempts: stalled,
+            });
+        }
+        tokio::time::sleep(self.retry.delay(stalled)).await;
+        Ok(stalled)
     }
 
     /// Reads keys in chunks of 100 (consistent reads), retrying unprocessed keys.
@@ -483,18 +499,9 @@ impl Inner {
             if pending.is_empty() {
                 break;
             }
-            stalled = if pending.len() < before {
-                1
-            } else {
-                stalled + 1
-            };
-            if stalled >= self.retry.max_attempts {
-                return Err(Error::Throttled {
-                    operation: "BatchGetItem (unprocessed keys)".into(),
-                    attempts: stalled,
-                });
-            }
-            tokio::time::sleep(self.retry.delay(stalled)).await;
+            stalled = self
+                .unprocessed_round("BatchGetItem (unprocessed keys)", stalled, before, &pending)
+                .await?;
         }
         Ok(found)
     }
