@@ -64,6 +64,39 @@ pub(crate) async fn insight(
     Ok((serving, snapshot))
 }
 
+/// An offer decision's request from the query or body fields, checked: the single and the
+/// batch route decide alike.
+fn offer_request(
+    channel: &str,
+    most: Option<u32>,
+    allow_same_category: Option<bool>,
+) -> Result<OfferRequest, ApiError> {
+    Ok(OfferRequest {
+        channel: parse_channel(channel)?.as_str().to_owned(),
+        now: Utc::now().timestamp(),
+        k: limit(most, DEFAULT_OFFERS, MAX_OFFERS)?,
+        allow_same_category: allow_same_category.unwrap_or(false),
+    })
+}
+
+/// The offer engine over the tenant's live offers, for one model version and its insight.
+async fn engine<'m>(
+    state: &AppState,
+    caller: &Caller,
+    model: &'m Model,
+    snapshot: &CrmSnapshot,
+) -> Result<OfferEngine<'m>, ApiError> {
+    let records = state.stores.records.as_ref();
+    Ok(crm::offer_engine(
+        records,
+        &caller.tenant,
+        model,
+        snapshot,
+        EngineConfig::default(),
+    )
+    .await?)
+}
+
 /// A channel name, checked.
 pub(crate) fn parse_channel(raw: &str) -> Result<Channel, ApiError> {
     Channel::parse(raw).map_err(|e| ApiError::field("channel", store_reason(e)))
@@ -279,24 +312,11 @@ async fn customer_offers(
     caller.require(Scope::OffersDecide)?;
     let customer =
         CustomerId::parse(raw).map_err(|e| ApiError::field("customer_id", store_reason(e)))?;
-    let channel = parse_channel(&q.channel)?;
-    let request = OfferRequest {
-        channel: channel.as_str().to_owned(),
-        now: Utc::now().timestamp(),
-        k: limit(q.limit, DEFAULT_OFFERS, MAX_OFFERS)?,
-        allow_same_category: q.allow_same_category.unwrap_or(false),
-    };
+    let request = offer_request(&q.channel, q.limit, q.allow_same_category)?;
     let (serving, snapshot) = insight(&state, &caller).await?;
     let records = state.stores.records.as_ref();
     let model = &serving.model;
-    let engine = crm::offer_engine(
-        records,
-        &caller.tenant,
-        model,
-        &snapshot,
-        EngineConfig::default(),
-    )
-    .await?;
+    let engine = engine(&state, &caller, model, &snapshot).await?;
     let data = crm::read_customer(records, &caller.tenant, model, &snapshot, &customer).await?;
     let titles = titles(&engine);
     let offers = crm::offers_for(&engine, &data, &request)
@@ -381,24 +401,11 @@ async fn batch_offers(
                 .map_err(|e| ApiError::field(format!("customer_ids[{i}]"), store_reason(e)))
         })
         .collect::<Result<_, _>>()?;
-    let channel = parse_channel(&body.channel)?;
-    let request = OfferRequest {
-        channel: channel.as_str().to_owned(),
-        now: Utc::now().timestamp(),
-        k: limit(body.limit, DEFAULT_OFFERS, MAX_OFFERS)?,
-        allow_same_category: body.allow_same_category.unwrap_or(false),
-    };
+    let request = offer_request(&body.channel, body.limit, body.allow_same_category)?;
     let (serving, snapshot) = insight(&state, &caller).await?;
     let records = state.stores.records.as_ref();
     let model = &serving.model;
-    let engine = crm::offer_engine(
-        records,
-        &caller.tenant,
-        model,
-        &snapshot,
-        EngineConfig::default(),
-    )
-    .await?;
+    let engine = engine(&state, &caller, model, &snapshot).await?;
     let data = crm::read_customers(records, &caller.tenant, model, &snapshot, &ids).await?;
     // Customers without marketing consent get nothing; the others are scored in parallel
     // in one pass.
