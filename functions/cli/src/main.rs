@@ -2,25 +2,28 @@
 //! promotion gate, inspect model versions, promote and roll back, write a model report,
 //! score your own split, serve the HTTP API, manage API keys.
 
+mod clv_report;
 mod customers;
 mod eval;
+mod examples;
 mod insight;
 mod keys;
+mod models;
 mod recommend;
 mod serve;
+
+use models::{JobsCmd, ModelsCmd, TrainArgs, print_job, print_outcome, request};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use affinity_model::model::Model;
 use affinity_service::retrain::{
-    self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, TrainParams,
-    TuneRequest, VersionMetrics, VersionParams, versions,
+    self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, versions,
 };
 use affinity_service::{clv, demo};
 use affinity_store::import::{self, ImportOptions};
-use affinity_store::{Backend, JobId, JobRecord, ModelVersionId, Stores, TenantId};
+use affinity_store::{Backend, JobId, ModelVersionId, Stores, TenantId};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -233,68 +236,6 @@ enum KeysCmd {
     List,
 }
 
-#[derive(clap::Args)]
-struct TrainArgs {
-    /// Promote even if the gate rejects the candidate (recorded in the registry).
-    #[arg(long)]
-    force: bool,
-    /// Idempotency key: re-running with the same id never trains or flips twice.
-    #[arg(long)]
-    job_id: Option<String>,
-    /// Search hyperparameters first, for at most this many seconds.
-    #[arg(long)]
-    tune_budget: Option<u64>,
-    /// Embedding dimension.
-    #[arg(long)]
-    factors: Option<usize>,
-    /// ALS iterations.
-    #[arg(long)]
-    iterations: Option<usize>,
-    /// L2 regularisation.
-    #[arg(long)]
-    regularization: Option<f32>,
-    /// Confidence scale.
-    #[arg(long)]
-    alpha: Option<f32>,
-    /// Half-life of a purchase's weight, in days.
-    #[arg(long)]
-    half_life_days: Option<f64>,
-}
-
-#[derive(Subcommand)]
-enum ModelsCmd {
-    /// Versions, newest first, with their holdout metrics and gate decisions.
-    List {
-        /// At most this many.
-        #[arg(long, default_value_t = versions::DEFAULT_LIST_LIMIT)]
-        limit: usize,
-    },
-    /// One version in full: parameters, data, metrics, gate decision.
-    Show {
-        /// Version id.
-        version: String,
-    },
-    /// Make a version live (its artifact is verified first).
-    Promote {
-        /// Version id.
-        version: String,
-        /// Allow a version the gate rejected.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Put the previously live version back.
-    Rollback,
-}
-
-#[derive(Subcommand)]
-enum JobsCmd {
-    /// A retrain job's status and message.
-    Show {
-        /// Job id.
-        job_id: String,
-    },
-}
-
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -351,7 +292,7 @@ async fn run(cli: Cli) -> Result<()> {
         if cli.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
-            print_clv(&report, *top);
+            clv_report::print(&report, *top);
         }
         return Ok(());
     }
@@ -460,7 +401,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?
         }
         Cmd::Eval(_) => unreachable!("handled before the store is opened"),
-        Cmd::Models { cmd } => models(&stores, &tenant, cmd, cli.json).await?,
+        Cmd::Models { cmd } => models::run(&stores, &tenant, cmd, cli.json).await?,
         Cmd::Report { version, out } => {
             let version = version
                 .map(ModelVersionId::parse)
@@ -529,83 +470,10 @@ async fn run(cli: Cli) -> Result<()> {
             let (_, model) = versions::load_live(&stores, &tenant)
                 .await?
                 .context("no model is live: see `affinity models list`")?;
-            show_examples(&stores, &tenant, &model, &shop).await?;
+            examples::show_examples(&stores, &tenant, &model, &shop).await?;
         }
     }
     Ok(())
-}
-
-fn print_clv(r: &clv::Report, top: usize) {
-    let p = &r.bgnbd.params;
-    println!(
-        "{} transactions, {} customers, unit {}, observation end {}",
-        r.transactions,
-        r.customers.len(),
-        r.freq,
-        r.observation_end
-    );
-    println!(
-        "BG/NBD:      r = {:.4}  alpha = {:.4}  a = {:.4}  b = {:.4}  (mean log-likelihood {:.4}{})",
-        p.r,
-        p.alpha,
-        p.a,
-        p.b,
-        r.bgnbd.mean_log_likelihood,
-        if r.bgnbd.at_boundary {
-            ", at a boundary: no dropout seen"
-        } else {
-            ""
-        }
-    );
-    if let Some(g) = &r.gamma_gamma {
-        println!(
-            "Gamma-Gamma: p = {:.4}  q = {:.4}  v = {:.4}  ({} repeat customers)",
-            g.params.p, g.params.q, g.params.v, g.customers
-        );
-    }
-    for n in &r.notes {
-        println!("note: {n}");
-    }
-    let mut rows: Vec<&clv::Row> = r.customers.iter().collect();
-    rows.sort_by(|a, b| {
-        b.clv
-            .unwrap_or(f64::NEG_INFINITY)
-            .total_cmp(&a.clv.unwrap_or(f64::NEG_INFINITY))
-            .then(
-                b.expected_purchases
-                    .unwrap_or(0.0)
-                    .total_cmp(&a.expected_purchases.unwrap_or(0.0)),
-            )
-    });
-    println!(
-        "{:<20} {:>5} {:>9} {:>9} {:>8} {:>10} {:>10}",
-        "customer",
-        "freq",
-        "recency",
-        "T",
-        "P(alive)",
-        format!("E[{:.0}{}]", r.horizon, r.freq),
-        "CLV"
-    );
-    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-    for row in rows.iter().take(top) {
-        println!(
-            "{:<20} {:>5} {:>9.2} {:>9.2} {:>8.3} {:>10} {:>10}",
-            row.customer,
-            row.frequency,
-            row.recency,
-            row.t,
-            row.p_alive,
-            opt(row.expected_purchases),
-            opt(row.clv)
-        );
-    }
-    if rows.len() > top {
-        println!(
-            "... {} more (by CLV, then expected purchases; --json for all)",
-            rows.len() - top
-        );
-    }
 }
 
 /// A progress bar (with a length) or a spinner.
@@ -623,25 +491,6 @@ pub(crate) fn bar(len: Option<u64>, unit: &str) -> ProgressBar {
     }
     b.enable_steady_tick(Duration::from_millis(120));
     b
-}
-
-fn request(tenant: &TenantId, a: TrainArgs) -> Result<RetrainRequest> {
-    Ok(RetrainRequest {
-        tenant: tenant.clone(),
-        job_id: a.job_id.map(JobId::parse).transpose().context("--job-id")?,
-        force: a.force,
-        params: TrainParams {
-            factors: a.factors,
-            iterations: a.iterations,
-            regularization: a.regularization,
-            alpha: a.alpha,
-            half_life_days: a.half_life_days,
-            ..TrainParams::default()
-        },
-        tune: a
-            .tune_budget
-            .map(|budget_seconds| TuneRequest { budget_seconds }),
-    })
 }
 
 /// Runs the retrain pipeline with a progress bar on stderr.
@@ -675,367 +524,4 @@ fn table(header: &[&str]) -> Table {
 
 fn f4(x: f64) -> String {
     format!("{x:.4}")
-}
-
-fn print_outcome(o: &Outcome, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(o)?);
-        return Ok(());
-    }
-    let what = if o.replayed {
-        "job already finished"
-    } else if o.resumed {
-        "job resumed"
-    } else {
-        "retrained"
-    };
-    println!(
-        "{what}: version {} {} ({} purchases, {} customers, {} items)",
-        o.version,
-        o.verdict.as_str(),
-        o.counts.purchases,
-        o.counts.customers,
-        o.counts.items
-    );
-    println!("gate: {}", o.reason);
-    let e = &o.evaluation;
-    let k = e.k;
-    let mut t = table(&[
-        "model",
-        &format!("recall@{k}"),
-        &format!("NDCG@{k}"),
-        &format!("hit rate@{k}"),
-        "coverage",
-    ]);
-    let mut row = |name: String, m: &affinity_model::eval::Metrics| {
-        t.add_row(vec![
-            name,
-            f4(m.recall),
-            f4(m.ndcg),
-            f4(m.hit_rate),
-            f4(m.coverage),
-        ]);
-    };
-    row(format!("candidate {}", o.version), &e.candidate);
-    if let Some(l) = &e.live {
-        row(format!("live {}", l.version), &l.metrics);
-    }
-    row("popularity".into(), &e.popularity);
-    if e.customers == 0 {
-        println!("holdout: no customers to evaluate on");
-    } else {
-        println!("holdout: {} customers\n{t}", e.customers);
-    }
-    match &o.live {
-        Some(v) => println!("live now: {v}"),
-        None => println!("no model is live"),
-    }
-    if !o.timings.is_empty() {
-        let steps: Vec<String> = o
-            .timings
-            .iter()
-            .map(|s| format!("{} {:.2}s", s.step, s.seconds))
-            .collect();
-        println!("steps: {}", steps.join(", "));
-    }
-    Ok(())
-}
-
-async fn models(stores: &Stores, tenant: &TenantId, cmd: ModelsCmd, json: bool) -> Result<()> {
-    match cmd {
-        ModelsCmd::List { limit } => {
-            let reg = versions::list(stores, tenant, limit).await?;
-            if json {
-                println!("{}", serde_json::to_string(&reg)?);
-                return Ok(());
-            }
-            if reg.versions.is_empty() {
-                println!("no model versions yet: run `affinity train`");
-                return Ok(());
-            }
-            let mut t = table(&[
-                "version",
-                "status",
-                "created",
-                "recall@10",
-                "NDCG@10",
-                "vs live",
-                "popularity",
-                "purchases",
-                "reason",
-            ]);
-            for v in &reg.versions {
-                let e = &v.entry;
-                let m = VersionMetrics::of(e).ok();
-                let status = if v.live {
-                    "live *".to_owned()
-                } else {
-                    e.status.as_str().to_owned()
-                };
-                let metric = |f: fn(&VersionMetrics) -> Option<String>| {
-                    m.as_ref().and_then(f).unwrap_or_else(|| "-".into())
-                };
-                t.add_row(vec![
-                    e.version.to_string(),
-                    status,
-                    e.created_at.format("%Y-%m-%d %H:%M").to_string(),
-                    metric(|m| Some(f4(m.evaluation.candidate.recall))),
-                    metric(|m| Some(f4(m.evaluation.candidate.ndcg))),
-                    metric(|m| {
-                        m.evaluation
-                            .live
-                            .as_ref()
-                            .map(|l| format!("{} / {}", f4(l.metrics.recall), f4(l.metrics.ndcg)))
-                    }),
-                    metric(|m| Some(f4(m.evaluation.popularity.recall))),
-                    e.data_counts.purchases.to_string(),
-                    affinity_service::error::clip_to(e.reason.as_deref().unwrap_or(""), 70),
-                ]);
-            }
-            println!("{t}");
-        }
-        ModelsCmd::Show { version } => {
-            let v = versions::show(stores, tenant, &ModelVersionId::parse(version)?).await?;
-            if json {
-                println!("{}", serde_json::to_string(&v)?);
-                return Ok(());
-            }
-            let e = &v.entry;
-            let mut t = table(&["field", "value"]);
-            t.add_row(vec!["version".into(), e.version.to_string()]);
-            t.add_row(vec![
-                "status".into(),
-                if v.live {
-                    "live (serving now)".to_owned()
-                } else {
-                    e.status.as_str().to_owned()
-                },
-            ]);
-            t.add_row(vec!["created".into(), e.created_at.to_rfc3339()]);
-            t.add_row(vec!["artifact".into(), e.artifact_key.to_string()]);
-            t.add_row(vec!["sha256".into(), e.checksum.clone()]);
-            t.add_row(vec![
-                "data".into(),
-                format!(
-                    "{} purchases, {} customers, {} items",
-                    e.data_counts.purchases, e.data_counts.customers, e.data_counts.items
-                ),
-            ]);
-            if let Ok(p) = serde_json::from_value::<VersionParams>(e.params.clone()) {
-                let a = &p.config.als;
-                t.add_row(vec!["job".into(), p.job_id.clone()]);
-                t.add_row(vec![
-                    "parameters".into(),
-                    format!(
-                        "{} factors, {} iterations, regularization {}, alpha {}, half-life {}",
-                        a.factors,
-                        a.iterations,
-                        a.regularization,
-                        a.alpha,
-                        p.config
-                            .weighting
-                            .half_life_days
-                            .map_or("none".into(), |d| format!("{d} days"))
-                    ),
-                ]);
-                if let Some(tu) = &p.tuning {
-                    t.add_row(vec![
-                        "tuning".into(),
-                        format!("{} configurations in {:.1}s", tu.tried, tu.seconds),
-                    ]);
-                }
-            }
-            if let Ok(m) = VersionMetrics::of(e) {
-                let ev = &m.evaluation;
-                let line = |x: &affinity_model::eval::Metrics| {
-                    format!(
-                        "recall {} NDCG {} hit rate {} coverage {}",
-                        f4(x.recall),
-                        f4(x.ndcg),
-                        f4(x.hit_rate),
-                        f4(x.coverage)
-                    )
-                };
-                t.add_row(vec![
-                    "holdout".into(),
-                    format!("{} customers, {:?}, k = {}", ev.customers, ev.holdout, ev.k),
-                ]);
-                t.add_row(vec!["candidate".into(), line(&ev.candidate)]);
-                if let Some(l) = &ev.live {
-                    t.add_row(vec![format!("live {}", l.version), line(&l.metrics)]);
-                }
-                t.add_row(vec!["popularity".into(), line(&ev.popularity)]);
-                t.add_row(vec![
-                    "gate".into(),
-                    format!(
-                        "{}{} (tolerance {}%)",
-                        m.gate.verdict.as_str(),
-                        if m.gate.forced {
-                            ", force requested"
-                        } else {
-                            ""
-                        },
-                        m.gate.tolerance * 100.0
-                    ),
-                ]);
-            }
-            t.add_row(vec!["reason".into(), e.reason.clone().unwrap_or_default()]);
-            println!("{t}");
-        }
-        ModelsCmd::Promote { version, force } => {
-            let p =
-                versions::promote(stores, tenant, &ModelVersionId::parse(version)?, force).await?;
-            print_pointer("promoted", &p, json)?;
-        }
-        ModelsCmd::Rollback => {
-            let p = versions::rollback(stores, tenant).await?;
-            print_pointer("rolled back", &p, json)?;
-        }
-    }
-    Ok(())
-}
-
-fn print_pointer(what: &str, p: &affinity_store::LivePointer, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(p)?);
-    } else {
-        println!(
-            "{what}: {} is live (previous: {})",
-            p.version,
-            p.previous.as_ref().map_or("none", |v| v.as_str())
-        );
-    }
-    Ok(())
-}
-
-fn print_job(job: &JobRecord, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(job)?);
-        return Ok(());
-    }
-    let mut t = table(&["field", "value"]);
-    t.add_row(vec!["job".into(), job.job_id.to_string()]);
-    t.add_row(vec!["status".into(), job.status.as_str().to_owned()]);
-    t.add_row(vec!["started".into(), job.started_at.to_rfc3339()]);
-    t.add_row(vec![
-        "finished".into(),
-        job.finished_at.map_or("-".into(), |f| f.to_rfc3339()),
-    ]);
-    t.add_row(vec![
-        "message".into(),
-        job.message.clone().unwrap_or_default(),
-    ]);
-    println!("{t}");
-    Ok(())
-}
-
-async fn show_examples(
-    stores: &Stores,
-    tenant: &TenantId,
-    model: &Model,
-    shop: &demo::DemoShop,
-) -> Result<()> {
-    let catalog = stores.records.list_items(tenant).await?;
-    let title = |i: u32| {
-        let id = model.items.id(i);
-        catalog
-            .iter()
-            .find(|c| c.item_id.as_str() == id)
-            .map(|c| {
-                format!(
-                    "{} ({})",
-                    c.title,
-                    c.category.as_ref().map_or("-", |c| c.as_str())
-                )
-            })
-            .unwrap_or_else(|| id.to_owned())
-    };
-    let short = |i: u32| {
-        let t = title(i);
-        t.split(" (").next().unwrap_or(&t).to_owned()
-    };
-    // The same reasons the API returns, worded for a person.
-    let why = |r: &affinity_model::model::Reason| -> String {
-        use affinity_model::model::Reason;
-        match *r {
-            Reason::AlsoBought {
-                anchor,
-                shared_buyers,
-                similarity,
-            } => format!(
-                "{shared_buyers} customers bought it with {} (similarity {similarity:.2})",
-                short(anchor)
-            ),
-            Reason::SimilarTaste { anchor, similarity } => {
-                format!("close to {} (similarity {similarity:.2})", short(anchor))
-            }
-            Reason::ForYou {
-                because_of: Some(p),
-                similarity,
-            } => format!(
-                "because they bought {} (similarity {similarity:.2})",
-                short(p)
-            ),
-            Reason::ForYou {
-                because_of: None, ..
-            } => "matches their purchase history".to_owned(),
-            Reason::Popular { category: Some(c) } => format!(
-                "popular in {}",
-                model
-                    .categories
-                    .get(c as usize)
-                    .map_or("its category", |s| s.as_str())
-            ),
-            Reason::Popular { category: None } => "popular overall".to_owned(),
-        }
-    };
-    let print = |heading: String, res: Vec<affinity_model::model::Scored>| {
-        println!("\n{heading}");
-        for s in res {
-            println!("  {:<40} {}", title(s.item), why(&s.reason));
-        }
-    };
-    if let Some(i) = model.item_index(&shop.example_item) {
-        print(
-            format!("customers who bought {} also bought:", title(i)),
-            model.similar(i, 5, &|_| true),
-        );
-    }
-    let basket: Vec<u32> = shop
-        .example_basket
-        .iter()
-        .filter_map(|b| model.item_index(b))
-        .collect();
-    let names: Vec<String> = basket.iter().map(|&b| title(b)).collect();
-    print(
-        format!("for a basket of {}:", names.join(" + ")),
-        model.basket(&basket, 5, &|_| true),
-    );
-    let customer = affinity_store::CustomerId::parse(shop.example_customer.as_str())?;
-    let history = stores
-        .records
-        .customer_history(tenant, &customer, 200)
-        .await?;
-    let purchases: Vec<affinity_model::model::Purchase> = history
-        .iter()
-        .filter_map(|p| {
-            model
-                .item_index(p.item_id.as_str())
-                .map(|item| affinity_model::model::Purchase {
-                    item,
-                    quantity: p.quantity.get() as f32,
-                    at: p.purchased_at.timestamp(),
-                })
-        })
-        .collect();
-    let bought: Vec<u32> = purchases.iter().map(|p| p.item).collect();
-    print(
-        format!(
-            "recommended for {} ({} past purchases):",
-            shop.example_customer,
-            purchases.len()
-        ),
-        model.recommend(&purchases, 5, &|j| !bought.contains(&j)),
-    );
-    Ok(())
 }
