@@ -62,10 +62,8 @@ pub fn of(model: &Model) -> PopularList {
 /// Stores `model`'s list (before the version is registered, like the CRM snapshot).
 pub async fn write(stores: &Stores, tenant: &TenantId, model: &Model) -> Result<()> {
     let list = of(model);
-    let bytes = serde_json::to_vec(&list).map_err(|e| crate::Error::Task {
-        step: "encode the popularity list",
-        message: e.to_string(),
-    })?;
+    let bytes = serde_json::to_vec(&list)
+        .map_err(|e| crate::Error::runtime("encode the popularity list", e))?;
     stores
         .blobs
         .put(tenant, &key(model.version())?, bytes)
@@ -80,15 +78,13 @@ pub async fn read(stores: &Stores, tenant: &TenantId, version: &str) -> Result<M
         .get(tenant, &key(version)?)
         .await
         .step("read the popularity list")?;
-    let list: PopularList = serde_json::from_slice(&bytes).map_err(|e| crate::Error::Task {
-        step: "decode the popularity list",
-        message: e.to_string(),
-    })?;
+    let list: PopularList = serde_json::from_slice(&bytes)
+        .map_err(|e| crate::Error::runtime("decode the popularity list", e))?;
     if list.items.is_empty() {
-        return Err(crate::Error::Task {
-            step: "decode the popularity list",
-            message: format!("the list of {version} is empty"),
-        });
+        return Err(crate::Error::runtime(
+            "decode the popularity list",
+            format!("the list of {version} is empty"),
+        ));
     }
     let ranked: Vec<(String, f32, Option<String>)> = list
         .items

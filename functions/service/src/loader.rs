@@ -41,14 +41,15 @@ pub struct Serving {
     crm: CrmCell,
     /// When this instance loaded the model.
     pub loaded_at: DateTime<Utc>,
-    /// Why this is not the live version, when the live artifact could not be loaded at cold
-    /// start and an earlier verified version answers instead (None: the live one answers).
+    /// Why this is not the live model, when the live artifact could not be loaded at cold
+    /// start and an earlier verified version, or the stored popularity, answers instead
+    /// (None: the live one answers).
     pub degraded: Option<String>,
 }
 
 impl Serving {
-    /// A serving model built outside the cache (a CLI reading an artifact file): its customer
-    /// insight, if any, is read on first use like a cached one's.
+    /// A serving model as the cache and the CLI (reading an artifact file) build it: its
+    /// customer insight, if any, is read on first use.
     pub fn new(model: Arc<Model>, version: ModelVersion, catalog: Arc<CatalogView>) -> Self {
         Self {
             model,
@@ -370,14 +371,10 @@ impl ModelCache {
                         live.version, v.version
                     );
                     tracing::warn!(tenant = %tenant, model_version = %live.version, "{why}");
-                    return Ok(Serving {
-                        catalog: Arc::new(CatalogView::build(&model, &items)),
-                        crm: Arc::default(),
-                        model: Arc::new(model),
-                        version: live.clone(),
-                        loaded_at: Utc::now(),
-                        degraded: Some(why),
-                    });
+                    let catalog = Arc::new(CatalogView::build(&model, &items));
+                    let mut serving = Serving::new(Arc::new(model), live.clone(), catalog);
+                    serving.degraded = Some(why);
+                    return Ok(serving);
                 }
                 Err(e) => {
                     tracing::error!(tenant = %tenant, model_version = %v.version, error = %e, "no popularity list either")
@@ -471,14 +468,7 @@ impl ModelCache {
             catalog_view_ms = ms() - joined_ms,
             "model artifact loaded"
         );
-        Ok(Serving {
-            catalog,
-            crm: Arc::default(),
-            model: Arc::new(model),
-            version,
-            loaded_at: Utc::now(),
-            degraded: None,
-        })
+        Ok(Serving::new(Arc::new(model), version, catalog))
     }
 
     /// The CRM snapshot of the serving version (the same version, so one request answers

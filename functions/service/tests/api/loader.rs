@@ -161,22 +161,6 @@ async fn failed_loads_keep_the_current_model() {
     );
 }
 
-#[tokio::test]
-async fn a_cold_start_refuses_a_corrupt_artifact() {
-    let (stores, tenant) = shop().await;
-    publish_raw(
-        &stores,
-        &tenant,
-        "v-bad",
-        b"garbage".to_vec(),
-        "ab".repeat(32),
-    )
-    .await;
-    let cache = ModelCache::new(stores, Duration::ZERO);
-    let err = cache.get(&tenant).await.unwrap_err().to_string();
-    assert!(err.contains("checksum"), "{err}");
-}
-
 /// Trains with `factors` and makes it live (a smaller or larger artifact than the fixture's).
 async fn publish_with_factors(stores: &Stores, tenant: &TenantId, version: &str, factors: usize) {
     let mut config = crate::fixture::small_config();
@@ -325,8 +309,8 @@ async fn a_cold_start_with_no_loadable_version_answers_popularity_flagged() {
     }
 }
 
-/// With no earlier version and no popularity list to fall back on, a cold start that cannot
-/// load the live artifact answers 503 `unavailable` (safe to retry), never 500.
+/// A cold start refuses a corrupt artifact (its checksum); with no earlier version and no
+/// popularity list to fall back on, it answers 503 `unavailable` (safe to retry), never 500.
 #[tokio::test]
 async fn a_cold_start_with_nothing_loadable_answers_503_not_500() {
     let (stores, tenant) = shop().await;
@@ -342,6 +326,7 @@ async fn a_cold_start_with_nothing_loadable_answers_503_not_500() {
         .get(&tenant)
         .await
         .unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
     let api = affinity_service::ApiError::from(err);
     assert_eq!(api.status_and_code().1, "unavailable", "{api}");
 }

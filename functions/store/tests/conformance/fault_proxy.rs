@@ -268,13 +268,16 @@ enum Fault {
     Drop,
 }
 
+/// How many requests have been counted under `key`, this one included.
+fn count(state: &State, key: String) -> u64 {
+    let mut counts = state.op_counts.lock().unwrap();
+    let c = counts.entry(key).or_default();
+    *c += 1;
+    *c
+}
+
 fn choose(state: &State, op: &str, body: &[u8]) -> Fault {
-    let n = {
-        let mut counts = state.op_counts.lock().unwrap();
-        let c = counts.entry(op.to_string()).or_default();
-        *c += 1;
-        *c
-    };
+    let n = count(state, op.to_string());
     if let Some((dop, first)) = state.config.drop_first
         && dop == op
         && n <= first
@@ -284,16 +287,9 @@ fn choose(state: &State, op: &str, body: &[u8]) -> Fault {
     if let Some((dop, needle, first)) = state.config.drop_first_containing
         && dop == op
         && body.windows(needle.len()).any(|w| w == needle.as_bytes())
+        && count(state, format!("{op}\0{needle}")) <= first
     {
-        let m = {
-            let mut counts = state.op_counts.lock().unwrap();
-            let c = counts.entry(format!("{op}\0{needle}")).or_default();
-            *c += 1;
-            *c
-        };
-        if m <= first {
-            return Fault::Drop;
-        }
+        return Fault::Drop;
     }
     let c = &state.config;
     let mut rng = state.rng.lock().unwrap();
