@@ -11,7 +11,7 @@
 #   bash scripts/rehearse.sh --negative-control all      # every statement (about 20 min)
 #   bash scripts/rehearse.sh --without ApiFunction:ListArtifacts   # one statement removed
 #
-# Installs moto and cargo-lambda (scripts/test.sh's venv) and cfn-lint/aws-sam-translator
+# Installs moto (scripts/test.sh's venv) and cfn-lint/aws-sam-translator
 # (infra/lint.sh's venv) when missing, builds the three binaries (debug), then runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +19,9 @@ cd "$(dirname "$0")/.."
 VENV="${AFFINITY_VENV:-$HOME/.cache/affinity/venv}"
 LINT_VENV="${AFFINITY_LINT_VENV:-$HOME/.cache/affinity/lint-venv}"
 MOTO_VERSION="5.2.5"
-CARGO_LAMBDA_VERSION="1.9.2"
 if [ ! -x "$VENV/bin/moto_server" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
-fi
-if ! "$VENV/bin/pip" show cargo-lambda 2>/dev/null | grep -qx "Version: $CARGO_LAMBDA_VERSION"; then
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
 fi
 if [ ! -x "$LINT_VENV/bin/python" ] || ! "$LINT_VENV/bin/python" -c "import samtranslator" 2>/dev/null; then
   # infra/lint.sh owns the pinned versions; its first step installs them.
@@ -37,5 +33,4 @@ cargo build --locked -p affinity-api -p affinity-retrain -p affinity-cli
 exec "$VENV/bin/python" scripts/rehearsal/rehearse.py \
   --bin-dir "$CARGO_TARGET_DIR/debug" \
   --lint-python "$LINT_VENV/bin/python" \
-  --cargo-lambda "$VENV/bin/cargo-lambda" \
   "$@"

@@ -11,8 +11,8 @@ Usage (scripts/rehearse.sh sets up the venvs and builds the binaries):
 2. IAM is then enforced (moto's INITIAL_NO_AUTH_ACTION_COUNT, set to 0 at run time). moto is
    started through moto_iam.py, which also checks DynamoDB tables and indexes and Lambda
    functions as resources, so every statement is evaluated as written.
-3. Each function binary runs under the cargo-lambda emulator, as `lambda_http`/
-   `lambda_runtime` run on Lambda, with the credentials of its own role (sts:AssumeRole) and
+3. Each function binary polls a Lambda runtime API (lambda_emulator.py), as `lambda_http`/
+   `lambda_runtime` run on Lambda; the api gets the HTTP API's payload-2.0 events. Each runs with the credentials of its own role (sts:AssumeRole) and
    exactly the environment its function resource has in moto, dynamic references resolved.
    The only addition is AWS_ENDPOINT_URL, pointing the SDK at moto.
 4. The scenario: keys (operator CLI), the catalog, purchases and offers ingested through the
@@ -51,6 +51,8 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
+import lambda_emulator  # beside this file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -524,13 +526,8 @@ def function_environment(moto, physical_name, resolver):
 # ---------------------------------------------------------------------------------------
 # Functions under the Lambda runtime emulator
 # ---------------------------------------------------------------------------------------
-# The emulator serves one function per instance, under its default name: the process that
-# polls its runtime API at /.rt. (AWS_LAMBDA_FUNCTION_NAME is still the deployed name.)
-EMULATED = "_"
-
-
 class LambdaFunction:
-    def __init__(self, logical, binary, conf, env, creds, endpoint_env, workdir, cargo_lambda):
+    def __init__(self, logical, binary, conf, env, creds, endpoint_env, workdir):
         self.logical = logical
         self.name = conf["FunctionName"]
         self.binary = binary
@@ -539,17 +536,9 @@ class LambdaFunction:
         self.creds = creds
         self.endpoint_env = endpoint_env
         self.workdir = workdir
-        self.port = free_port()
         self.emulator_log = open(workdir / f"{logical}.emulator.log", "w")
-        self.emulator = subprocess.Popen(
-            [cargo_lambda, "lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1",
-             "-P", str(self.port)],
-            cwd=REPO,
-            stdout=self.emulator_log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        wait_port(self.port, f"the emulator of {logical}", self.emulator)
+        self.runtime = lambda_emulator.RuntimeApi(self.name, conf["FunctionArn"],
+                                                  self.emulator_log)
         self.proc = None
         self.starts = 0
         self.start()
@@ -574,8 +563,7 @@ class LambdaFunction:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.conf.get("MemorySize", 128)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": f"rehearsal/{self.starts}",
-            # Lambda's value is host:port; the emulator serves its runtime API under /.rt.
-            "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt",
+            "AWS_LAMBDA_RUNTIME_API": self.runtime.address,
             "LAMBDA_TASK_ROOT": str(self.binary.parent),
             "AWS_ACCESS_KEY_ID": self.creds["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": self.creds["SecretAccessKey"],
@@ -597,36 +585,42 @@ class LambdaFunction:
                              + " | ".join(tail))
 
     def request(self, method, path, key=None, body=None, headers=None, timeout=120):
-        self.alive()
-        url = f"http://127.0.0.1:{self.port}/lambda-url/{EMULATED}{path}"
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method)
+        """One request as API Gateway's HTTP API delivers it: (status, JSON or text)."""
+        hdrs = dict(headers or {})
         if key:
-            req.add_header("Authorization", f"Bearer {key}")
+            hdrs["Authorization"] = f"Bearer {key}"
+        data = json.dumps(body).encode() if body is not None else None
         if data is not None:
-            req.add_header("Content-Type", "application/json")
-        for k, v in (headers or {}).items():
-            req.add_header(k, v)
+            hdrs.setdefault("Content-Type", "application/json")
+        event = lambda_emulator.http_api_event(
+            method, path, hdrs, data, self.conf["FunctionArn"].split(":")[4], "rehearsal", REGION)
+        kind, raw = self.call(event, timeout)
+        if kind == "error":
+            # API Gateway answers 500 when the integration fails.
+            return 500, raw.decode(errors="replace")
+        status, _, data = lambda_emulator.http_api_response(raw)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
-        try:
-            return status, json.loads(raw) if raw else None
+            return status, json.loads(data) if data else None
         except ValueError:
-            return status, raw.decode(errors="replace")
+            return status, data.decode(errors="replace")
 
     def invoke(self, payload, timeout=900):
-        self.alive()
-        url = f"http://127.0.0.1:{self.port}/2015-03-31/functions/{EMULATED}/invocations"
-        req = urllib.request.Request(url, data=payload if isinstance(payload, bytes)
-                                     else json.dumps(payload).encode(), method="POST")
+        """A synchronous Invoke: (200, the function's result or its error document), as
+        Lambda answers 200 with X-Amz-Function-Error when the function fails."""
+        _, raw = self.call(payload if isinstance(payload, bytes)
+                           else json.dumps(payload).encode(), timeout)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
+            return 200, json.loads(raw or b"null")
+        except ValueError:
+            return 200, raw.decode(errors="replace")
+
+    def call(self, payload, wait_s):
+        self.alive()
+        try:
+            return self.runtime.invoke(payload, self.conf.get("Timeout", 3), self.alive,
+                                       wait_s)
+        except lambda_emulator.NoAnswer as e:
+            raise StepFailed(self.logical, f"{e} (see {self.emulator_log.name})") from None
 
     def emf(self):
         """The CloudWatch embedded-metric-format records the function printed."""
@@ -645,7 +639,7 @@ class LambdaFunction:
 
     def close(self):
         stop(self.proc)
-        stop(self.emulator, sig_first=2)
+        self.runtime.close()
         self.emulator_log.close()
 
 
@@ -837,16 +831,15 @@ class Rehearsal:
         moto.enforce_iam()
         self.step("IAM is enforced", self.check_enforced, functions)
 
-        cargo_lambda = a.cargo_lambda
         self.recorder = InvokeRecorder(moto.port)
         base = {"AWS_ENDPOINT_URL": moto.url}
         conf, env, creds, binary = functions["RetrainFunction"]
         self.functions["RetrainFunction"] = LambdaFunction(
-            "RetrainFunction", binary, conf, env, creds, base, self.workdir, cargo_lambda)
+            "RetrainFunction", binary, conf, env, creds, base, self.workdir)
         conf, env, creds, binary = functions["ApiFunction"]
         self.functions["ApiFunction"] = LambdaFunction(
             "ApiFunction", binary, conf, env, creds,
-            {**base, "AWS_ENDPOINT_URL_LAMBDA": self.recorder.url}, self.workdir, cargo_lambda)
+            {**base, "AWS_ENDPOINT_URL_LAMBDA": self.recorder.url}, self.workdir)
         self.api = self.functions["ApiFunction"]
         self.retrain = self.functions["RetrainFunction"]
         self.env = {**functions["ApiFunction"][1]}
@@ -933,7 +926,7 @@ class Rehearsal:
         return keys
 
     def health(self):
-        # The first request waits for the emulator to hand it to the function.
+        # The first request waits for the function to start polling its runtime API.
         start = time.time()
         while True:
             status, body = self.api.request("GET", "/v1/health", timeout=30)
@@ -1297,7 +1290,6 @@ def main():
     p.add_argument("--bin-dir", required=True, help="where affinity-api, affinity-retrain and affinity are")
     p.add_argument("--lint-python", default=os.environ.get(
         "AFFINITY_LINT_PYTHON", str(Path.home() / ".cache/affinity/lint-venv/bin/python")))
-    p.add_argument("--cargo-lambda", default=os.environ.get("AFFINITY_CARGO_LAMBDA", "cargo-lambda"))
     p.add_argument("--without", action="append", default=[], metavar="FUNCTION:SID")
     p.add_argument("--negative-control", choices=["none", "sample", "all"], default="none")
     p.add_argument("--sample", type=int, default=2, help="statements per sample run")
