@@ -133,7 +133,7 @@ impl Model {
             ),
             ("popularity.order", cast_u32(&self.popularity.order)),
         ]);
-        if let Some(h) = &self.hnsw {
+        if let Some(h) = self.index.hnsw() {
             parts.push(("hnsw", h.to_bytes()?));
         }
         let mut sections = Vec::with_capacity(parts.len());
@@ -309,10 +309,12 @@ impl Model {
         let item_category: Vec<Option<u32>> = item_category;
         let popularity = Popularity::from_order(score, order, &item_category, categories.len());
         let hnsw = match header.sections.iter().any(|s| s.name == "hnsw") {
-            true => Some(std::sync::Arc::new(HnswIndex::from_bytes(
-                get("hnsw")?,
-                vectors.clone(),
-            )?)),
+            true => match HnswIndex::from_bytes(get("hnsw")?, vectors.clone()) {
+                Ok(index) => Some(index),
+                // Same answers from the exact index, slower on big catalogs.
+                Err(Error::RetiredIndexFormat(_)) => None,
+                Err(e) => return Err(e),
+            },
             false => None,
         };
         Model::assemble(
@@ -429,6 +431,51 @@ mod tests {
         assert_eq!(a.recommend(&h, 7, &|_| true), b.recommend(&h, 7, &|_| true));
     }
 
+    /// The artifact with its `hnsw` section's format version set to `version` (section and
+    /// header re-signed): what an earlier build wrote, as far as the version tells.
+    fn with_hnsw_section_version(bytes: &[u8], version: u32) -> Vec<u8> {
+        let mut header = Model::read_header(bytes).unwrap();
+        let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let mut body = bytes[PREAMBLE + len..].to_vec();
+        let section = header
+            .sections
+            .iter_mut()
+            .find(|s| s.name == "hnsw")
+            .unwrap();
+        let (start, end) = (
+            section.offset as usize,
+            (section.offset + section.len) as usize,
+        );
+        let hnsw = &mut body[start..end];
+        hnsw[8..12].copy_from_slice(&version.to_le_bytes());
+        let signed = hnsw.len() - 32;
+        let sum = Sha256::digest(&hnsw[..signed]);
+        hnsw[signed..].copy_from_slice(&sum);
+        section.sha256 = digest(hnsw);
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut out = bytes[..12].to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&Sha256::digest(&header));
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_retired_hnsw_section_loads_with_the_exact_index() {
+        let m = model(IndexChoice::Auto { hnsw_above: 0 });
+        let bytes = m.to_bytes().unwrap();
+        let old = with_hnsw_section_version(&bytes, 1);
+        let back = Model::from_bytes(&old).expect("an artifact of the earlier format loads");
+        assert!(
+            back.index().hnsw().is_none(),
+            "its graph format is retired: exact search"
+        );
+        same_answers(&m, &back);
+        // Any other version is not ours: refused, as corruption is.
+        assert!(Model::from_bytes(&with_hnsw_section_version(&bytes, 9)).is_err());
+    }
+
     #[test]
     fn round_trip_keeps_manifest_and_answers() {
         for index in [IndexChoice::Exact, IndexChoice::Auto { hnsw_above: 0 }] {
@@ -436,7 +483,7 @@ mod tests {
             let bytes = m.to_bytes().unwrap();
             let back = Model::from_bytes(&bytes).unwrap();
             assert_eq!(back.manifest, m.manifest);
-            assert_eq!(back.hnsw.is_some(), m.hnsw.is_some());
+            assert_eq!(back.index().hnsw().is_some(), m.index().hnsw().is_some());
             assert_eq!(back.items.ids(), m.items.ids());
             same_answers(&m, &back);
             let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,10 @@ pub enum Error {
     /// The vector index could not be built, saved or loaded.
     #[error("vector index: {0}")]
     Index(String),
+    /// The HNSW section was written in a format this build no longer reads; the model still
+    /// answers, from the exact index, until a retrain writes the current format.
+    #[error("vector index: HNSW section format {0} is retired")]
+    RetiredIndexFormat(u32),
     /// A maximum-likelihood fit did not reach a point where the gradient vanishes.
     #[error("{model} fit did not converge: {reason}")]
     NotConverged {

@@ -3,14 +3,13 @@
 //! items, basket, recommendations by fold-in) and their reasons.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::als::{self, AlsParams};
 use crate::eval::{self, Metrics, Split};
 use crate::ids::IdMap;
-use crate::index::{ExactIndex, HnswIndex, HnswParams, ItemVectors, VectorIndex};
+use crate::index::{ExactIndex, HnswIndex, HnswParams, ItemVectors, SearchIndex, VectorIndex};
 use crate::interactions::{Interactions, Weighting};
 use crate::linalg::{dot, norm};
 use crate::neighbours::Neighbours;
@@ -23,15 +22,9 @@ use crate::{Error, Result};
 pub enum IndexChoice {
     /// Scan every item: exact, and fast enough for catalogs up to ~100k items.
     Exact,
-    /// HNSW graph over the item vectors, for larger catalogs.
-    Hnsw {
-        /// Links per node and layer.
-        max_nb_connection: usize,
-        /// Beam width while building.
-        ef_construction: usize,
-        /// Beam width while searching.
-        ef_search: usize,
-    },
+    /// HNSW graphs over the item vectors, for larger catalogs (fields left out of a
+    /// configuration take [`HnswParams::default`]).
+    Hnsw(HnswParams),
     /// Exact up to `hnsw_above` items, HNSW with default settings beyond.
     Auto {
         /// Catalog size from which a graph is built.
@@ -182,9 +175,7 @@ pub struct Model {
     /// Embedding norm per item (for cosine reasons).
     pub(crate) item_norms: Vec<f32>,
     /// The search structure.
-    pub(crate) index: Box<dyn VectorIndex>,
-    /// The HNSW graph, when one was built (kept for the artifact).
-    pub(crate) hnsw: Option<Arc<HnswIndex>>,
+    pub(crate) index: SearchIndex,
     /// Whether any item has an embedding: false for a popularity-only stand-in, whose
     /// answers must not pretend to be personal.
     pub(crate) personal: bool,
@@ -406,51 +397,14 @@ fn build(
     .map(|m| (m, user))
 }
 
-fn build_hnsw(vectors: &ItemVectors, choice: IndexChoice) -> Result<Option<Arc<HnswIndex>>> {
+fn build_hnsw(vectors: &ItemVectors, choice: IndexChoice) -> Result<Option<HnswIndex>> {
     let params = match choice {
         IndexChoice::Exact => return Ok(None),
         IndexChoice::Auto { hnsw_above } if vectors.len() <= hnsw_above => return Ok(None),
         IndexChoice::Auto { .. } => HnswParams::default(),
-        IndexChoice::Hnsw {
-            max_nb_connection,
-            ef_construction,
-            ef_search,
-        } => HnswParams {
-            max_nb_connection,
-            ef_construction,
-            ef_search,
-            ..HnswParams::default()
-        },
+        IndexChoice::Hnsw(params) => params,
     };
-    Ok(Some(Arc::new(HnswIndex::build(vectors.clone(), params)?)))
-}
-
-/// Forwards searches to a shared HNSW graph, so the model can keep the graph for its artifact.
-struct SharedHnsw(Arc<HnswIndex>);
-
-impl VectorIndex for SharedHnsw {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn dim(&self) -> usize {
-        self.0.dim()
-    }
-    fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        filter: &(dyn Fn(u32) -> bool + Sync),
-    ) -> Vec<crate::index::Hit> {
-        self.0.search(query, k, filter)
-    }
-    fn search_batch(
-        &self,
-        queries: &[f32],
-        k: usize,
-        filter: &(dyn Fn(u32) -> bool + Sync),
-    ) -> Vec<Vec<crate::index::Hit>> {
-        self.0.search_batch(queries, k, filter)
-    }
+    Ok(Some(HnswIndex::build(vectors.clone(), params)?))
 }
 
 impl Model {
@@ -466,7 +420,7 @@ impl Model {
         negative_weights: Vec<f32>,
         neighbours: Neighbours,
         popularity: Popularity,
-        hnsw: Option<Arc<HnswIndex>>,
+        hnsw: Option<HnswIndex>,
     ) -> Result<Self> {
         let n = items.len();
         let d = vectors.dim();
@@ -510,9 +464,9 @@ impl Model {
         }
         let item_norms: Vec<f32> = vectors.as_slice().chunks(d).map(norm).collect();
         let personal = item_norms.iter().any(|&n| n > 0.0);
-        let index: Box<dyn VectorIndex> = match &hnsw {
-            Some(h) => Box::new(SharedHnsw(h.clone())),
-            None => Box::new(ExactIndex::new(vectors.clone())),
+        let index = match hnsw {
+            Some(h) => SearchIndex::Hnsw(h),
+            None => SearchIndex::Exact(ExactIndex::new(vectors.clone())),
         };
         Ok(Self {
             manifest,
@@ -526,7 +480,6 @@ impl Model {
             popularity,
             item_norms,
             index,
-            hnsw,
             personal,
         })
     }
@@ -590,6 +543,11 @@ impl Model {
             popularity,
             None,
         )
+    }
+
+    /// Which index answers searches: operators and tests need to know whether graphs serve.
+    pub fn index(&self) -> &SearchIndex {
+        &self.index
     }
 
     /// False for a popularity-only stand-in (`popularity_only`).
@@ -1180,6 +1138,24 @@ mod tests {
         let lean = train_for_evaluation(&split.train, &small_config(), "v", 0, &|_| {}).unwrap();
         assert_eq!(full.evaluate(&split, 10), lean.evaluate(&split, 10));
         assert_eq!(lean.neighbours.of(0).count(), 0);
+    }
+
+    #[test]
+    fn index_choices_written_before_scan_below_still_parse() {
+        let old = r#"{"kind":"hnsw","max_nb_connection":8,"ef_construction":50,"ef_search":32}"#;
+        let choice: IndexChoice = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            choice,
+            IndexChoice::Hnsw(HnswParams {
+                max_nb_connection: 8,
+                ef_construction: 50,
+                ef_search: 32,
+                ..HnswParams::default()
+            })
+        );
+        let back = serde_json::to_value(choice).unwrap();
+        assert_eq!(back["kind"], "hnsw");
+        assert_eq!(back["scan_below"], HnswParams::default().scan_below);
     }
 
     #[test]

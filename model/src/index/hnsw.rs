@@ -31,36 +31,36 @@
 //! - Its filtered search never stops early and can return fewer than `k` hits (even none). We
 //!   post-filter an unfiltered beam first, fall back to its filtered search, then to a scan of
 //!   the band, so `k` hits come back whenever `k` items pass.
-//! - Its dump writes files only, native-endian, about 900 bytes per item with a copy of every
-//!   vector; its loader `assert!`s, calls `process::exit` and trusts lengths read from the file
-//!   (an unchecked slice over a short buffer), and reads the stored level scale back as a
-//!   factor of the default instead of as the scale it wrote. So the byte section is our own
-//!   format: compact (4 bytes per link, no vectors: they are recomputed from the model's),
-//!   little-endian, checksummed and fully validated. Loading converts it back into hnsw_rs's
-//!   files in the temp directory, so hnsw_rs only ever reads files we just wrote from validated
-//!   data; the load also runs under `catch_unwind` as a last line of defence. Graphs are not
-//!   rebuilt.
-//! - It has no accessor for a graph's entry point; the last 13 bytes of its dump hold it.
-//! - A reloaded graph borrows its `HnswIo` loader for its whole life. Loads go through
-//!   process-wide loaders kept in `static`s (one slot per band, so bands load in parallel),
-//!   so graphs are `'static`: no unsafe code, no leak; two models loading at once take turns
-//!   per slot.
+//! - Its dump and its loader (`AnnT::file_dump`, `HnswIo`) work on files only. The artifact
+//!   section keeps the two files hnsw_rs wrote, verbatim (native-endian: artifacts move
+//!   between x86_64 and arm64, both little-endian, 64-bit), inside our own checksummed
+//!   framing; a load writes them to a private temporary directory and reads them back through
+//!   `HnswIo`, which copies every point into memory, then removes the directory. About 900
+//!   bytes per item at 64 dimensions (the dump carries a copy of each reduced vector).
+//! - Its loader `assert!`s, calls `process::exit` and trusts lengths read from the files. It
+//!   only ever reads bytes that hnsw_rs wrote and that passed our checksum, the artifact's
+//!   digest and a check of the dump's description (its public `load_description`) against
+//!   the band; the load also runs under `catch_unwind`.
+//! - It reads the stored level scale back as a factor of the default instead of as the scale
+//!   it wrote. That only matters for inserting into a reloaded graph, which we never do.
+//! - A reloaded graph borrows its `HnswIo` loader for its whole life: the two share one
+//!   `self_cell` ([`Reloaded`]).
 //! - Parallel insertion makes a graph depend on thread timing: two builds over the same data
 //!   can differ slightly (recall does not). Searches on one graph, and on its reload, are
 //!   deterministic.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
-use std::{fmt, io};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+use std::{fmt, fs, io};
 
 use hnsw_rs::anndists::dist::distances::Distance;
 use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::{Hnsw, PointId};
-use hnsw_rs::hnswio::HnswIo;
+use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnswio::{HnswIo, load_description};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ExactIndex, Hit, ItemVectors, VectorIndex, dot, into_hits};
@@ -85,7 +85,8 @@ const MAX_GRAPH_K: usize = 1024;
 /// Graph-build and search knobs, checked before hnsw_rs sees them. The defaults give
 /// recall@10 of 1.0 against [`ExactIndex`] on implicit-ALS factors of a 100k-item shop (0.997
 /// with every band forced onto a graph), building in about 40 CPU-seconds at 64 dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HnswParams {
     /// Links per item and layer (`M`; twice that on the bottom layer): more means better recall,
     /// slower builds and more memory. 4..=128.
@@ -145,13 +146,47 @@ impl Distance<f32> for MipsDist {
     }
 }
 
+self_cell::self_cell!(
+    /// A graph hnsw_rs reloaded: it borrows its `HnswIo` loader for its whole life, so the
+    /// two live together.
+    struct Reloaded {
+        owner: HnswIo,
+        #[not_covariant]
+        dependent: HnswGraph,
+    }
+);
+
+type HnswGraph<'a> = Hnsw<'a, f32, MipsDist>;
+
+/// A band's graph, built in this process or reloaded from an artifact.
+enum Graph {
+    Built(HnswGraph<'static>),
+    Reloaded(Reloaded),
+}
+
+impl Graph {
+    fn with<R>(&self, f: impl for<'a> FnOnce(&HnswGraph<'a>) -> R) -> R {
+        match self {
+            Graph::Built(g) => f(g),
+            Graph::Reloaded(r) => r.with_dependent(|_, g| f(g)),
+        }
+    }
+
+    fn set_searching_mode(&mut self) {
+        match self {
+            Graph::Built(g) => g.set_searching_mode(true),
+            Graph::Reloaded(r) => r.with_dependent_mut(|_, g| g.set_searching_mode(true)),
+        }
+    }
+}
+
 /// One norm band: its items, its own reduction scale, and a graph unless it is scanned.
 struct Band {
     /// Global item ids, ascending.
     ids: Vec<u32>,
     /// Largest norm in the band: the reduction's `M` and the pruning bound.
     max_norm: f32,
-    graph: Option<Hnsw<'static, f32, MipsDist>>,
+    graph: Option<Graph>,
 }
 
 impl Band {
@@ -282,6 +317,11 @@ impl HnswIndex {
         }
     }
 
+    /// How many norm bands are searched through a graph (the others are scanned).
+    pub fn graphs(&self) -> usize {
+        self.bands.iter().filter(|b| b.graph.is_some()).count()
+    }
+
     /// The parameters in force (after a load: those the graphs were built with).
     pub fn params(&self) -> HnswParams {
         self.params
@@ -303,75 +343,42 @@ impl HnswIndex {
         &self.exact
     }
 
-    /// Serialises the bands and graphs (not the vectors: the artifact stores those once) into a
-    /// compact, checksummed byte section for the artifact.
+    /// Serialises the bands and, verbatim, hnsw_rs's own dump of each graph (not the model's
+    /// vectors: the artifact stores those once) into a checksummed byte section.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let vectors = self.exact.vectors();
-        let n = vectors.len();
-        let mut out = Vec::with_capacity(HEADER_LEN + n * (6 + 8 * self.params.max_nb_connection));
-        out.extend_from_slice(MAGIC);
-        put_u32(&mut out, FORMAT_VERSION);
-        put_u32(&mut out, to_u32(n)?);
-        put_u32(&mut out, to_u32(vectors.dim())?);
-        put_u32(&mut out, to_u32(self.params.max_nb_connection)?);
-        put_u32(&mut out, to_u32(self.params.ef_construction)?);
-        put_u32(&mut out, to_u32(self.params.ef_search)?);
-        put_u32(&mut out, to_u32(self.params.scan_below)?);
-        out.extend_from_slice(&vectors_digest(vectors));
-        put_u32(&mut out, to_u32(self.bands.len())?);
-        for band in &self.bands {
-            match &band.graph {
-                None => {
-                    out.push(BAND_SCANNED);
-                    put_u32(&mut out, to_u32(band.ids.len())?);
-                    for &id in &band.ids {
-                        put_u32(&mut out, id);
-                    }
-                }
-                Some(graph) => {
-                    out.push(BAND_GRAPH);
-                    put_u32(&mut out, to_u32(band.ids.len())?);
-                    encode_graph(graph, n, self.params.max_nb_connection, &mut out)?;
-                }
-            }
-        }
-        let checksum = Sha256::digest(&out);
-        out.extend_from_slice(&checksum);
-        Ok(out)
+        let dumps = self
+            .bands
+            .iter()
+            .map(|band| band.graph.as_ref().map(|g| g.with(dump_graph)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let sections: Vec<BandSection<'_>> = self
+            .bands
+            .iter()
+            .zip(&dumps)
+            .map(|(band, dump)| BandSection {
+                ids: band.ids.clone(),
+                dump: dump.as_ref().map(|(g, d)| (g.as_slice(), d.as_slice())),
+            })
+            .collect();
+        write_section(self.exact.vectors(), &self.params, &sections)
     }
 
-    /// Restores an index written by [`HnswIndex::to_bytes`] over the same `vectors`, without
-    /// rebuilding any graph. Truncated, corrupted or mismatched input is an `Err`, never a panic
-    /// or an exit.
+    /// Restores an index written by [`HnswIndex::to_bytes`] over the same `vectors`, each graph
+    /// loaded by hnsw_rs's `HnswIo`, none rebuilt. Truncated, corrupted or mismatched input is
+    /// an `Err`, never a panic or an exit; a section of the retired format 1 is
+    /// [`Error::RetiredIndexFormat`].
     pub fn from_bytes(bytes: &[u8], vectors: ItemVectors) -> Result<Self> {
         let decoded = Decoded::decode(bytes, &vectors)?;
-        // Bands load in parallel, each through its own loader slot.
         let bands = decoded
             .bands
             .par_iter()
-            .enumerate()
-            .map(|(slot, section)| {
+            .map(|section| {
                 let mut band = Band::new(section.ids.clone(), &vectors);
-                if let Some(graph) = &section.graph {
+                if let Some((graph_file, data_file)) = section.dump {
                     if band.max_norm == 0.0 {
                         return Err(corrupt("a graph over zero vectors"));
                     }
-                    let files = HnswRsFiles {
-                        graph,
-                        position: &decoded.position,
-                        augmented: &band.augmented(&vectors),
-                        dim: vectors.dim() + 1,
-                        max_nb_connection: decoded.params.max_nb_connection,
-                        ef_construction: decoded.params.ef_construction,
-                    };
-                    let mut loaded = load_through_hnsw_rs(slot, &files)?;
-                    if loaded.get_nb_point() != band.ids.len()
-                        || usize::from(loaded.get_max_level_observed()) != graph.top_layer
-                    {
-                        return Err(Error::Index("hnsw_rs reloaded a different graph".into()));
-                    }
-                    loaded.set_searching_mode(true);
-                    band.graph = Some(loaded);
+                    band.graph = Some(load_graph(&band, graph_file, data_file, vectors.dim())?);
                 }
                 Ok(band)
             })
@@ -383,7 +390,7 @@ impl HnswIndex {
     /// `walk` lets hnsw_rs filter while it walks instead.
     fn graph_beam(
         &self,
-        graph: &Hnsw<'static, f32, MipsDist>,
+        graph: &HnswGraph<'_>,
         query: &[f32],
         q_aug: &[f32],
         ef: usize,
@@ -455,11 +462,7 @@ impl HnswIndex {
     }
 }
 
-fn build_graph(
-    band: &Band,
-    vectors: &ItemVectors,
-    params: &HnswParams,
-) -> Result<Hnsw<'static, f32, MipsDist>> {
+fn build_graph(band: &Band, vectors: &ItemVectors, params: &HnswParams) -> Result<Graph> {
     let augmented = band.augmented(vectors);
     catch_unwind(AssertUnwindSafe(|| {
         let mut graph = Hnsw::new(
@@ -476,7 +479,7 @@ fn build_graph(
             .collect();
         graph.parallel_insert_slice(&rows);
         graph.set_searching_mode(true);
-        graph
+        Graph::Built(graph)
     }))
     .map_err(|_| Error::Index("hnsw_rs panicked while building a graph".into()))
 }
@@ -539,7 +542,7 @@ impl VectorIndex for HnswIndex {
                 if selective.is_none() {
                     // Business filters usually exclude few items: post-filtering one
                     // ordinary beam is the cheapest way to k hits.
-                    hits = self.graph_beam(graph, query, &q_aug, ef, filter, false);
+                    hits = graph.with(|g| self.graph_beam(g, query, &q_aug, ef, filter, false));
                     if hits.len() < want {
                         selective = Some(hits.len());
                     }
@@ -550,7 +553,7 @@ impl VectorIndex for HnswIndex {
                     // only when that still beats scanning the band (huge bands).
                     let visits = (ef * ef).checked_div(passed).unwrap_or(usize::MAX);
                     if visits.saturating_mul(self.walk_cost) < band.ids.len() {
-                        hits = self.graph_beam(graph, query, &q_aug, ef, filter, true);
+                        hits = graph.with(|g| self.graph_beam(g, query, &q_aug, ef, filter, true));
                     }
                 }
                 if hits.len() >= want {
@@ -594,40 +597,37 @@ impl VectorIndex for HnswIndex {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Our byte format (all little-endian):
-//   magic "AFFHNSW\0", version u32, n u32, dim u32, max_nb_connection u32, ef_construction u32,
-//   ef_search u32, scan_below u32, sha256 of the vectors (32 bytes), band count u32,
-//   per band, longest vectors first:
-//     kind u8 (0 scanned, 1 graph), item count u32, then
-//     scanned: item ids u32 x count, ascending;
-//     graph: entry point id u32, points per layer u32 x 16, then per layer, per point in rank
-//       order: id u32, list count u8 (<= 16), and per list (one per layer): length u16,
-//       neighbour ids u32 x length;
+// Our section (little-endian), around hnsw_rs's own dump files:
+//   magic "AFFHNSW\0", version u32 (2), n u32, dim u32, max_nb_connection u32,
+//   ef_construction u32, ef_search u32, scan_below u32, sha256 of the vectors (32 bytes),
+//   band count u32, then per band, longest vectors first:
+//     kind u8 (0 scanned, 1 graph), item count u32, item ids u32 x count (ascending);
+//     graph bands then: the `.hnsw.graph` file (length u64, bytes) and the `.hnsw.data` file
+//     (length u64, bytes), exactly as `AnnT::file_dump` wrote them;
 //   sha256 of everything before it (32 bytes).
+// Version 1 (until December 2026) kept the links in a layout of our own; see
+// [`Error::RetiredIndexFormat`].
 // ---------------------------------------------------------------------------------------------
-
 const MAGIC: &[u8; 8] = b"AFFHNSW\0";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 * 7 + 32 + 4;
 const CHECKSUM_LEN: usize = 32;
 const BAND_SCANNED: u8 = 0;
 const BAND_GRAPH: u8 = 1;
-const USIZE: usize = std::mem::size_of::<usize>();
+/// The basename our graphs are dumped under, in a directory of their own.
+const DUMP_NAME: &str = "band";
 
 fn put_u32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-fn to_u32(value: usize) -> Result<u32> {
-    u32::try_from(value).map_err(|_| Error::Index(format!("{value} does not fit the format")))
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
-fn id_below(id: usize, n: usize) -> Result<u32> {
-    if id < n {
-        to_u32(id)
-    } else {
-        Err(Error::Index(format!("graph refers to item {id} of {n}")))
-    }
+fn to_u32(value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::Index(format!("{value} does not fit the format")))
 }
 
 fn corrupt(what: &str) -> Error {
@@ -650,92 +650,6 @@ fn vectors_digest(vectors: &ItemVectors) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Appends one graph: entry point, layer sizes, then every point's links, read through
-/// hnsw_rs's public accessors.
-fn encode_graph(
-    graph: &Hnsw<'static, f32, MipsDist>,
-    n: usize,
-    max_nb_connection: usize,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    let default_scale = 1.0 / (max_nb_connection as f64).ln();
-    let points = graph.get_point_indexation();
-    if points.get_level_scale() != default_scale {
-        // Never happens (we never change it); the format has no room for another scale.
-        return Err(Error::Index("graph uses a non-default level scale".into()));
-    }
-    put_u32(out, entry_point(graph, n)?);
-    for layer in 0..NB_LAYERS {
-        put_u32(out, to_u32(points.get_layer_nb_point(layer))?);
-    }
-    for layer in 0..NB_LAYERS {
-        for (rank, point) in points.get_layer_iterator(layer).enumerate() {
-            if point.get_point_id() != PointId(layer as u8, rank as i32) {
-                return Err(Error::Index("graph layers are not in rank order".into()));
-            }
-            put_u32(out, id_below(point.get_origin_id(), n)?);
-            let lists = point.get_neighborhood_id();
-            let used = lists
-                .iter()
-                .rposition(|l| !l.is_empty())
-                .map_or(0, |i| i + 1);
-            out.push(used as u8);
-            for list in &lists[..used] {
-                let len = u16::try_from(list.len())
-                    .map_err(|_| Error::Index("neighbour list too long".into()))?;
-                out.extend_from_slice(&len.to_le_bytes());
-                for neighbour in list {
-                    put_u32(out, id_below(neighbour.get_origin_id(), n)?);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A graph's entry point. hnsw_rs has no accessor for it, but its dump ends with it: dump to a
-/// temporary directory and read the last 13 bytes (`usize` id, `u8` layer, `i32` rank).
-fn entry_point(graph: &Hnsw<'static, f32, MipsDist>, n: usize) -> Result<u32> {
-    let dir = tempfile::tempdir()
-        .map_err(|e| Error::Index(format!("cannot create a temporary directory: {e}")))?;
-    let dumped = catch_unwind(AssertUnwindSafe(|| graph.file_dump(dir.path(), "graph")))
-        .map_err(|_| Error::Index("hnsw_rs panicked while dumping a graph".into()))?
-        .map_err(|e| Error::Index(format!("hnsw_rs could not dump a graph: {e}")))?;
-    let path = dir.path().join(format!("{dumped}.hnsw.graph"));
-    let mut tail = [0u8; USIZE + 1 + 4];
-    File::open(&path)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::End(-(tail.len() as i64)))?;
-            f.read_exact(&mut tail)
-        })
-        .map_err(|e| Error::Index(format!("cannot read back a graph dump: {e}")))?;
-    let mut id = [0u8; USIZE];
-    id.copy_from_slice(&tail[..USIZE]);
-    let id = usize::from_ne_bytes(id);
-    let layer = usize::from(tail[USIZE]);
-    let rank = i32::from_ne_bytes([
-        tail[USIZE + 1],
-        tail[USIZE + 2],
-        tail[USIZE + 3],
-        tail[USIZE + 4],
-    ]);
-    let points = graph.get_point_indexation();
-    let consistent = layer == usize::from(points.get_max_level_observed())
-        && usize::try_from(rank).is_ok_and(|rank| {
-            points
-                .get_layer_iterator(layer)
-                .nth(rank)
-                .is_some_and(|p| p.get_origin_id() == id)
-        });
-    if !consistent {
-        return Err(Error::Index(
-            "hnsw_rs dump ends with an unexpected entry point".into(),
-        ));
-    }
-    id_below(id, n)
-}
-
-/// Bounds-checked reader: every read is an `Err` past the end, never a panic.
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -745,8 +659,8 @@ impl<'a> Reader<'a> {
         if self.bytes.len() < len {
             return Err(corrupt("truncated"));
         }
-        let (head, tail) = self.bytes.split_at(len);
-        self.bytes = tail;
+        let (head, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
         Ok(head)
     }
 
@@ -758,10 +672,6 @@ impl<'a> Reader<'a> {
         Ok(self.array::<1>()?[0])
     }
 
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array()?))
     }
@@ -769,63 +679,94 @@ impl<'a> Reader<'a> {
     fn usize(&mut self) -> Result<usize> {
         Ok(self.u32()? as usize)
     }
+
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let len = usize::try_from(u64::from_le_bytes(self.array()?))
+            .map_err(|_| corrupt("a length beyond memory"))?;
+        self.take(len)
+    }
 }
 
-/// A decoded and fully validated byte section: every item in exactly one band, every id in
-/// range, links only within a band and within hnsw_rs's own bounds, entry points on their
-/// graph's top layer.
-struct Decoded {
-    params: HnswParams,
-    bands: Vec<BandSection>,
-    /// For each item id: (layer, rank) in its band's graph (unused for scanned bands).
-    position: Vec<(u8, u32)>,
+/// The section over `bands` (in order) for the model's `vectors`.
+fn write_section(
+    vectors: &ItemVectors,
+    params: &HnswParams,
+    bands: &[BandSection<'_>],
+) -> Result<Vec<u8>> {
+    let n = vectors.len();
+    let dumped: usize = bands
+        .iter()
+        .filter_map(|b| b.dump)
+        .map(|(g, d)| g.len() + d.len() + 16)
+        .sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + n * 4 + bands.len() * 5 + dumped);
+    out.extend_from_slice(MAGIC);
+    put_u32(&mut out, FORMAT_VERSION);
+    put_u32(&mut out, to_u32(n)?);
+    put_u32(&mut out, to_u32(vectors.dim())?);
+    put_u32(&mut out, to_u32(params.max_nb_connection)?);
+    put_u32(&mut out, to_u32(params.ef_construction)?);
+    put_u32(&mut out, to_u32(params.ef_search)?);
+    put_u32(&mut out, to_u32(params.scan_below)?);
+    out.extend_from_slice(&vectors_digest(vectors));
+    put_u32(&mut out, to_u32(bands.len())?);
+    for band in bands {
+        out.push(match band.dump {
+            None => BAND_SCANNED,
+            Some(_) => BAND_GRAPH,
+        });
+        put_u32(&mut out, to_u32(band.ids.len())?);
+        for &id in &band.ids {
+            put_u32(&mut out, id);
+        }
+        if let Some((graph_file, data_file)) = band.dump {
+            put_bytes(&mut out, graph_file);
+            put_bytes(&mut out, data_file);
+        }
+    }
+    let checksum = Sha256::digest(&out);
+    out.extend_from_slice(&checksum);
+    Ok(out)
 }
 
-struct BandSection {
-    /// Ascending.
+/// One band of the section: written from an index, or read before hnsw_rs sees any of it.
+struct BandSection<'a> {
     ids: Vec<u32>,
-    graph: Option<GraphSection>,
+    /// hnsw_rs's `.hnsw.graph` and `.hnsw.data` files, verbatim.
+    dump: Option<(&'a [u8], &'a [u8])>,
 }
 
-struct GraphSection {
-    entry: u32,
-    top_layer: usize,
-    layer_sizes: [usize; NB_LAYERS],
-    /// Item ids in hnsw_rs's storage order: layer by layer, rank by rank.
-    order: Vec<u32>,
-    /// `lists[list_start[i]..list_start[i + 1]]` are the list lengths of `order[i]`.
-    list_start: Vec<usize>,
-    lists: Vec<u16>,
-    /// All neighbour ids, list after list.
-    neighbours: Vec<u32>,
+/// Everything the section says, checked against itself and the model's vectors.
+struct Decoded<'a> {
+    params: HnswParams,
+    bands: Vec<BandSection<'a>>,
 }
 
-const UNOWNED: u32 = u32::MAX;
-
-impl Decoded {
-    fn decode(bytes: &[u8], vectors: &ItemVectors) -> Result<Self> {
-        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(corrupt("truncated"));
-        }
-        let (payload, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        if Sha256::digest(payload).as_slice() != checksum {
-            return Err(corrupt("checksum mismatch (truncated or corrupted)"));
-        }
-        let mut r = Reader { bytes: payload };
-        if r.take(MAGIC.len())? != MAGIC {
+impl<'a> Decoded<'a> {
+    fn decode(bytes: &'a [u8], vectors: &ItemVectors) -> Result<Self> {
+        if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
             return Err(corrupt("not an HNSW section"));
         }
-        let version = r.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(corrupt(&format!(
-                "format version {version} is not supported"
-            )));
+        let body_len = bytes
+            .len()
+            .checked_sub(CHECKSUM_LEN)
+            .ok_or_else(|| corrupt("truncated"))?;
+        let (body, checksum) = bytes.split_at(body_len);
+        if Sha256::digest(body).as_slice() != checksum {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut r = Reader { bytes: body };
+        r.take(MAGIC.len())?;
+        match r.u32()? {
+            FORMAT_VERSION => {}
+            1 => return Err(Error::RetiredIndexFormat(1)),
+            v => return Err(corrupt(&format!("unknown format version {v}"))),
         }
         let n = r.usize()?;
         let dim = r.usize()?;
         if n != vectors.len() || dim != vectors.dim() {
             return Err(corrupt(&format!(
-                "index is for {n} x {dim} vectors, the model has {} x {}",
+                "built over {n} items x {dim}, the model has {} x {}",
                 vectors.len(),
                 vectors.dim()
             )));
@@ -836,337 +777,174 @@ impl Decoded {
             ef_search: r.usize()?,
             scan_below: r.usize()?,
         };
-        params
-            .validate()
-            .map_err(|e| corrupt(&format!("parameters: {e}")))?;
+        params.validate()?;
         if r.array::<32>()? != vectors_digest(vectors) {
-            return Err(corrupt("index was built on different vectors"));
+            return Err(corrupt("built over other vectors"));
         }
         let band_count = r.usize()?;
         if band_count == 0 || band_count > MAX_BANDS {
             return Err(corrupt("band count"));
         }
-        // Band of each item, to check that bands partition the items and links stay inside.
-        let mut owner = vec![UNOWNED; n];
-        let mut position = vec![(0u8, 0u32); n];
+        let mut seen = vec![false; n];
         let mut bands = Vec::with_capacity(band_count);
-        let mut seen = 0usize;
-        for band in 0..band_count as u32 {
+        for _ in 0..band_count {
             let kind = r.u8()?;
             let count = r.usize()?;
-            if count == 0 || count > n - seen {
+            if count == 0 || count > n {
                 return Err(corrupt("band size"));
             }
-            seen += count;
-            let mut claim = |id: u32| -> Result<()> {
-                let slot = owner
-                    .get_mut(id as usize)
-                    .ok_or_else(|| corrupt("item id out of range"))?;
-                if *slot != UNOWNED {
-                    return Err(corrupt("item stored twice"));
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                let id = r.u32()?;
+                if ids.last().is_some_and(|&last| last >= id) {
+                    return Err(corrupt("band ids not ascending"));
                 }
-                *slot = band;
-                Ok(())
-            };
-            let section = match kind {
-                BAND_SCANNED => {
-                    let mut ids = Vec::with_capacity(count);
-                    for _ in 0..count {
-                        let id = r.u32()?;
-                        claim(id)?;
-                        ids.push(id);
-                    }
-                    BandSection { ids, graph: None }
+                match seen.get_mut(id as usize) {
+                    Some(slot) if !*slot => *slot = true,
+                    Some(_) => return Err(corrupt("item in two bands")),
+                    None => return Err(corrupt("item id out of range")),
                 }
-                BAND_GRAPH => {
-                    let graph = decode_graph(&mut r, count, &params, &mut claim, &mut position)?;
-                    let mut ids = graph.order.clone();
-                    ids.sort_unstable();
-                    BandSection {
-                        ids,
-                        graph: Some(graph),
-                    }
-                }
+                ids.push(id);
+            }
+            let dump = match kind {
+                BAND_SCANNED => None,
+                BAND_GRAPH => Some((r.bytes()?, r.bytes()?)),
                 _ => return Err(corrupt("unknown band kind")),
             };
-            if !section.ids.is_sorted() {
-                return Err(corrupt("band ids not ascending"));
-            }
-            bands.push(section);
-        }
-        if seen != n {
-            return Err(corrupt("bands do not cover every item"));
+            bands.push(BandSection { ids, dump });
         }
         if !r.bytes.is_empty() {
             return Err(corrupt("trailing bytes"));
         }
-        // Links may point forward, so they are checked once every owner is known.
-        for (band, section) in bands.iter().enumerate() {
-            if let Some(graph) = &section.graph
-                && graph
-                    .neighbours
-                    .iter()
-                    .chain([&graph.entry])
-                    .any(|&id| owner[id as usize] != band as u32)
-            {
-                return Err(corrupt("link or entry point leaves its band"));
-            }
+        if seen.iter().any(|s| !s) {
+            return Err(corrupt("bands miss items"));
         }
-        Ok(Self {
-            params,
-            bands,
-            position,
-        })
+        Ok(Self { params, bands })
     }
 }
 
-fn decode_graph(
-    r: &mut Reader<'_>,
-    count: usize,
-    params: &HnswParams,
-    claim: &mut dyn FnMut(u32) -> Result<()>,
-    position: &mut [(u8, u32)],
-) -> Result<GraphSection> {
-    let n = position.len();
-    let entry = r.u32()?;
-    if entry as usize >= n {
-        return Err(corrupt("entry point out of range"));
-    }
-    let mut layer_sizes = [0usize; NB_LAYERS];
-    let mut total = 0usize;
-    for size in &mut layer_sizes {
-        *size = r.usize()?;
-        total = total.saturating_add(*size);
-    }
-    if total != count {
-        return Err(corrupt("layer sizes do not add up to the band size"));
-    }
-    let top_layer = layer_sizes
-        .iter()
-        .rposition(|&s| s > 0)
-        .ok_or_else(|| corrupt("empty graph"))?;
-    let max_list = 2 * params.max_nb_connection;
-    let mut order = Vec::with_capacity(count);
-    let mut list_start = Vec::with_capacity(count + 1);
-    let mut lists = Vec::with_capacity(count);
-    let mut neighbours = Vec::with_capacity(count * params.max_nb_connection);
-    for (layer, &size) in layer_sizes.iter().enumerate() {
-        for rank in 0..size {
-            let id = r.u32()?;
-            claim(id)?;
-            position[id as usize] = (layer as u8, rank as u32);
-            order.push(id);
-            list_start.push(lists.len());
-            let used = usize::from(r.u8()?);
-            if used > NB_LAYERS {
-                return Err(corrupt("too many neighbour lists"));
-            }
-            for _ in 0..used {
-                let len = r.u16()?;
-                if usize::from(len) > max_list {
-                    return Err(corrupt("neighbour list too long"));
-                }
-                lists.push(len);
-                for _ in 0..len {
-                    let neighbour = r.u32()?;
-                    if neighbour as usize >= n {
-                        return Err(corrupt("neighbour id out of range"));
-                    }
-                    neighbours.push(neighbour);
-                }
+/// A private directory for hnsw_rs's files (it dumps to and loads from files only), removed
+/// with everything in it when dropped.
+struct DumpDir(PathBuf);
+
+impl DumpDir {
+    fn new() -> io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        loop {
+            let name = format!(
+                "affinity-hnsw-{}-{}-{nanos}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(name);
+            let mut builder = fs::DirBuilder::new();
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            match builder.create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                // Left by an earlier process with our pid: take the next name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
             }
         }
     }
-    list_start.push(lists.len());
-    // `claim` above put the entry point's position in place if it is in this graph; the band
-    // check in `decode` refuses it otherwise.
-    if usize::from(position[entry as usize].0) != top_layer {
-        return Err(corrupt("entry point is not on the top layer"));
+
+    fn file(&self, basename: &str, suffix: &str) -> PathBuf {
+        self.0.join(format!("{basename}{suffix}"))
     }
-    Ok(GraphSection {
-        entry,
-        top_layer,
-        layer_sizes,
-        order,
-        list_start,
-        lists,
-        neighbours,
-    })
 }
 
-// hnsw_rs 0.3.5's private file-format constants (src/hnswio.rs). A change in a later version
-// makes the round-trip tests fail rather than load garbage.
-const HNSW_MAGIC_DESCR_4: u32 = 0x002a_6779;
-const HNSW_MAGIC_LAYER: u32 = 0x000a_676f;
-const HNSW_MAGIC_POINT: u32 = 0x000a_678f;
-const HNSW_MAGIC_DATA: u32 = 0xa67f_0000;
-
-/// A loader slot. hnsw_rs ties a reloaded graph's lifetime to its `HnswIo`; with the loader
-/// in a `static` the graph is `'static`. Each band index has its own slot, so bands load in
-/// parallel; file names are unique to the process and slot, and the lock keeps two
-/// concurrent loads from sharing them.
-struct Loader {
-    io: HnswIo,
-    graph_path: PathBuf,
-    data_path: PathBuf,
-    lock: Mutex<()>,
-}
-
-static LOADERS: [OnceLock<Loader>; MAX_BANDS] = [const { OnceLock::new() }; MAX_BANDS];
-
-fn loader(slot: usize) -> Result<&'static Loader> {
-    let cell = LOADERS.get(slot).ok_or_else(|| corrupt("band count"))?;
-    Ok(cell.get_or_init(|| {
-        let dir = std::env::temp_dir();
-        let basename = format!(
-            "affinity-hnsw-{}-{:016x}-{slot}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        Loader {
-            io: HnswIo::new(&dir, &basename),
-            graph_path: dir.join(format!("{basename}.hnsw.graph")),
-            data_path: dir.join(format!("{basename}.hnsw.data")),
-            lock: Mutex::new(()),
-        }
-    }))
-}
-
-/// Deletes the loader's files however the load ends.
-struct RemoveOnDrop<'a>(&'a [&'a Path]);
-
-impl Drop for RemoveOnDrop<'_> {
+impl Drop for DumpDir {
     fn drop(&mut self) {
-        for path in self.0 {
-            let _ = std::fs::remove_file(path);
-        }
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
-fn load_through_hnsw_rs(
-    slot: usize,
-    files: &HnswRsFiles<'_>,
-) -> Result<Hnsw<'static, f32, MipsDist>> {
-    let loader = loader(slot)?;
-    // A panic during an earlier load leaves nothing behind that matters: ignore poisoning.
-    let _guard = loader.lock.lock().unwrap_or_else(PoisonError::into_inner);
-    let paths = [loader.graph_path.as_path(), loader.data_path.as_path()];
-    let _cleanup = RemoveOnDrop(&paths);
-    files
-        .write(&loader.graph_path, &loader.data_path)
-        .map_err(|e| Error::Index(format!("cannot stage a graph in the temp directory: {e}")))?;
-    catch_unwind(AssertUnwindSafe(|| {
-        loader.io.load_hnsw_with_dist::<f32, MipsDist>(MipsDist)
-    }))
-    .map_err(|_| Error::Index("hnsw_rs panicked while loading a graph".into()))?
-    .map_err(|e| Error::Index(format!("hnsw_rs could not load a graph: {e}")))
+/// hnsw_rs's names for the two files of a dump, from its documentation of `HnswIo`.
+const GRAPH_SUFFIX: &str = ".hnsw.graph";
+const DATA_SUFFIX: &str = ".hnsw.data";
+
+fn io_error(what: &str) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::Index(format!("{what}: {e}"))
 }
 
-/// One graph about to be written in hnsw_rs 0.3.5's dump format.
-struct HnswRsFiles<'a> {
-    graph: &'a GraphSection,
-    position: &'a [(u8, u32)],
-    /// The band's reduced vectors, rows in ascending id order.
-    augmented: &'a [f32],
-    dim: usize,
-    max_nb_connection: usize,
-    ef_construction: usize,
+/// hnsw_rs's own dump of one graph: its `.hnsw.graph` and `.hnsw.data` files, read back.
+fn dump_graph(graph: &Hnsw<'_, f32, MipsDist>) -> Result<(Vec<u8>, Vec<u8>)> {
+    let dir = DumpDir::new().map_err(io_error("cannot create a directory for a graph dump"))?;
+    let basename = catch_unwind(AssertUnwindSafe(|| graph.file_dump(&dir.0, DUMP_NAME)))
+        .map_err(|_| Error::Index("hnsw_rs panicked while dumping a graph".into()))?
+        .map_err(|e| Error::Index(format!("hnsw_rs could not dump a graph: {e}")))?;
+    let read = |suffix| fs::read(dir.file(&basename, suffix));
+    Ok((
+        read(GRAPH_SUFFIX).map_err(io_error("cannot read hnsw_rs's graph file"))?,
+        read(DATA_SUFFIX).map_err(io_error("cannot read hnsw_rs's data file"))?,
+    ))
 }
 
-impl HnswRsFiles<'_> {
-    /// Writes the description and layers to the `.hnsw.graph` file and the reduced vectors to
-    /// the `.hnsw.data` file (native-endian, `usize` lengths, as hnsw_rs reads them). Link
-    /// distances are recomputed with the same [`MipsDist`] on the same vectors, so they are
-    /// bit-identical to the built graph's and its neighbour order is kept.
-    fn write(&self, graph_path: &Path, data_path: &Path) -> io::Result<()> {
-        // `create_new`: never follow or reuse a file someone else put there.
-        let create = |path: &Path| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map(|f| BufWriter::with_capacity(1 << 20, f))
-        };
-        let mut g = create(graph_path)?;
-        let mut d = create(data_path)?;
-        let graph = self.graph;
-        let dim = self.dim;
-        // Ascending ids of the band, to find a row of `augmented` by id.
-        let mut ids = graph.order.clone();
+/// Loads one band's graph through `HnswIo` from the files hnsw_rs dumped, after checking
+/// their description (hnsw_rs's public `load_description`) against the band: hnsw_rs's
+/// loader trusts the files and exits the process on some inconsistencies.
+fn load_graph(band: &Band, graph_file: &[u8], data_file: &[u8], dim: usize) -> Result<Graph> {
+    let description = load_description(&mut &graph_file[..])
+        .map_err(|e| corrupt(&format!("hnsw_rs cannot read the graph's description: {e}")))?;
+    let ours = std::any::type_name::<MipsDist>();
+    let short = |name: &str| name.rsplit("::").next().unwrap_or_default().to_owned();
+    if description.nb_point != band.ids.len()
+        || description.dimension != dim + 1
+        || short(&description.distname) != short(ours)
+        || short(&description.t_name) != "f32"
+    {
+        return Err(corrupt(&format!(
+            "the graph holds {} points of dimension {} ({}, {}); the band has {} of {}",
+            description.nb_point,
+            description.dimension,
+            description.distname,
+            description.t_name,
+            band.ids.len(),
+            dim + 1
+        )));
+    }
+    let dir = DumpDir::new().map_err(io_error("cannot create a directory for a graph"))?;
+    let write = |suffix, bytes: &[u8]| fs::write(dir.file(DUMP_NAME, suffix), bytes);
+    write(GRAPH_SUFFIX, graph_file).map_err(io_error("cannot stage a graph file"))?;
+    write(DATA_SUFFIX, data_file).map_err(io_error("cannot stage a graph file"))?;
+    // Without mmap (the default) hnsw_rs copies every point into memory: the files can go
+    // as soon as the load returns, while the graph keeps borrowing its loader.
+    let reloaded = Reloaded::try_new(HnswIo::new(&dir.0, DUMP_NAME), |io| {
+        catch_unwind(AssertUnwindSafe(|| {
+            io.load_hnsw_with_dist::<f32, MipsDist>(MipsDist)
+        }))
+        .map_err(|_| Error::Index("hnsw_rs panicked while loading a graph".into()))?
+        .map_err(|e| Error::Index(format!("hnsw_rs could not load a graph: {e}")))
+    })?;
+    let mut graph = Graph::Reloaded(reloaded);
+    let loaded_ids = graph.with(|g| {
+        let mut ids: Vec<usize> = g
+            .get_point_indexation()
+            .into_iter()
+            .map(|p| p.get_origin_id())
+            .collect();
         ids.sort_unstable();
-        let row = |id: u32| -> io::Result<&[f32]> {
-            let slot = ids
-                .binary_search(&id)
-                .map_err(|_| io::Error::other("link leaves its band"))?;
-            self.augmented
-                .get(slot * dim..(slot + 1) * dim)
-                .ok_or_else(|| io::Error::other("missing vector"))
-        };
-
-        g.write_all(&HNSW_MAGIC_DESCR_4.to_ne_bytes())?;
-        g.write_all(&[1u8])?; // dump mode: full
-        g.write_all(&[self.max_nb_connection as u8])?; // validated <= 128
-        // hnsw_rs reads this as a factor of its default level scale (its own dump writes the
-        // scale itself); 1.0 reproduces the default every graph here was built with.
-        g.write_all(&1.0f64.to_ne_bytes())?;
-        g.write_all(&[NB_LAYERS as u8])?;
-        g.write_all(&self.ef_construction.to_ne_bytes())?;
-        g.write_all(&graph.order.len().to_ne_bytes())?;
-        g.write_all(&dim.to_ne_bytes())?;
-        for name in [
-            std::any::type_name::<MipsDist>(),
-            std::any::type_name::<f32>(),
-        ] {
-            g.write_all(&name.len().to_ne_bytes())?;
-            g.write_all(name.as_bytes())?;
-        }
-        d.write_all(&HNSW_MAGIC_DATA.to_ne_bytes())?;
-        d.write_all(&dim.to_ne_bytes())?;
-
-        g.write_all(&[NB_LAYERS as u8])?;
-        let mut index = 0usize;
-        let mut next_neighbour = 0usize;
-        for (layer, &size) in graph.layer_sizes.iter().enumerate() {
-            g.write_all(&HNSW_MAGIC_LAYER.to_ne_bytes())?;
-            g.write_all(&size.to_ne_bytes())?;
-            for rank in 0..size {
-                let id = graph.order[index];
-                let own = row(id)?;
-                g.write_all(&HNSW_MAGIC_POINT.to_ne_bytes())?;
-                g.write_all(&(id as usize).to_ne_bytes())?;
-                g.write_all(&[layer as u8])?;
-                g.write_all(&(rank as i32).to_ne_bytes())?;
-                let lists = &graph.lists[graph.list_start[index]..graph.list_start[index + 1]];
-                for l in 0..NB_LAYERS {
-                    let len = lists.get(l).map_or(0, |&len| usize::from(len));
-                    g.write_all(&len.to_ne_bytes())?;
-                    for &neighbour in &graph.neighbours[next_neighbour..next_neighbour + len] {
-                        let (n_layer, n_rank) = self.position[neighbour as usize];
-                        g.write_all(&(neighbour as usize).to_ne_bytes())?;
-                        g.write_all(&[n_layer])?;
-                        g.write_all(&(n_rank as i32).to_ne_bytes())?;
-                        g.write_all(&MipsDist.eval(own, row(neighbour)?).to_ne_bytes())?;
-                    }
-                    next_neighbour += len;
-                }
-                d.write_all(&HNSW_MAGIC_DATA.to_ne_bytes())?;
-                d.write_all(&u64::from(id).to_ne_bytes())?;
-                d.write_all(&((dim * 4) as u64).to_ne_bytes())?;
-                d.write_all(bytemuck::cast_slice::<f32, u8>(own))?;
-                index += 1;
-            }
-        }
-        let (entry_layer, entry_rank) = self.position[graph.entry as usize];
-        g.write_all(&(graph.entry as usize).to_ne_bytes())?;
-        g.write_all(&[entry_layer])?;
-        g.write_all(&(entry_rank as i32).to_ne_bytes())?;
-        g.flush()?;
-        d.flush()
+        ids
+    });
+    if !loaded_ids
+        .iter()
+        .copied()
+        .eq(band.ids.iter().map(|&id| id as usize))
+    {
+        return Err(Error::Index("hnsw_rs reloaded a different graph".into()));
     }
+    graph.set_searching_mode();
+    Ok(graph)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
+
     use super::super::{Exclude, allow_all, testdata};
     use super::*;
 
@@ -1387,24 +1165,56 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_gives_identical_results_and_bytes() {
+    fn round_trip_gives_identical_results() {
         let (vectors, users, index) = fixture();
         let bytes = index.to_bytes().expect("serialises");
         let loaded = HnswIndex::from_bytes(&bytes, vectors.clone()).expect("loads");
         assert_eq!(loaded.params(), index.params());
         let excluded = Exclude::new((0..N as u32).step_by(5));
-        for k in [1, 10, 50] {
-            assert!(
-                loaded.search_batch(users, k, &allow_all)
-                    == index.search_batch(users, k, &allow_all)
-            );
-            assert!(
-                loaded.search_batch(users, k, &excluded.filter())
-                    == index.search_batch(users, k, &excluded.filter())
-            );
-        }
+        let same = |a: &HnswIndex, b: &HnswIndex| {
+            for k in [1, 10, 50] {
+                assert!(
+                    a.search_batch(users, k, &allow_all) == b.search_batch(users, k, &allow_all)
+                );
+                assert!(
+                    a.search_batch(users, k, &excluded.filter())
+                        == b.search_batch(users, k, &excluded.filter())
+                );
+            }
+        };
+        same(&loaded, index);
+        // A reloaded graph dumps again (hnsw_rs rewrites its level scale, so the bytes may
+        // differ) and that dump loads into the same graph.
         let again = loaded.to_bytes().expect("serialises again");
-        assert!(again == bytes, "a reload serialises to the same bytes");
+        same(
+            &HnswIndex::from_bytes(&again, vectors.clone()).expect("loads again"),
+            index,
+        );
+    }
+
+    #[test]
+    fn the_section_holds_hnsw_rs_dump_files_verbatim() {
+        let (vectors, index) = single_graph(1500, 8, 77);
+        let bytes = index.to_bytes().expect("serialises");
+        let decoded = Decoded::decode(&bytes, &vectors).expect("decodes");
+        let (graph_file, data_file) = decoded.bands[0].dump.expect("a graph band");
+        let dumped = index.bands[0]
+            .graph
+            .as_ref()
+            .expect("graph")
+            .with(dump_graph);
+        let (g, d) = dumped.expect("dumps");
+        assert!(graph_file == g.as_slice() && data_file == d.as_slice());
+        let description = load_description(&mut &graph_file[..]).expect("hnsw_rs reads it");
+        assert_eq!((description.nb_point, description.dimension), (1500, 9));
+        // The staging directory goes with everything in it, and two never share a path.
+        let dir = DumpDir::new().expect("creates");
+        let other = DumpDir::new().expect("creates");
+        assert_ne!(dir.0, other.0);
+        fs::write(dir.file(DUMP_NAME, GRAPH_SUFFIX), graph_file).expect("writes");
+        let path = dir.0.clone();
+        drop(dir);
+        assert!(!path.exists());
     }
 
     #[test]
@@ -1454,11 +1264,14 @@ mod tests {
             b[at..at + 4].copy_from_slice(&value.to_le_bytes());
             b
         };
-        // Offsets: header, then band 0 = kind (72), count (73), entry (77), layer sizes (81..),
-        // first point (145): id, list count, first list length, first neighbour.
-        let (kind, count, entry, sizes, first) = (72, 73, 77, 81, 145);
+        // Offsets: header, then band 0 = kind (72), count (73), ids (77..).
+        let (kind, count, ids) = (72, 73, 77);
         assert_eq!(bytes[kind], BAND_GRAPH);
-        assert!(load(patch(8, 2)).is_err(), "unknown version");
+        assert!(
+            matches!(load(patch(8, 1)), Err(Error::RetiredIndexFormat(1))),
+            "format 1 is retired, and said so"
+        );
+        assert!(load(patch(8, 3)).is_err(), "unknown version");
         assert!(load(patch(20, 1000)).is_err(), "bad max_nb_connection");
         assert!(load(patch(68, 0)).is_err(), "no band");
         assert!(load(patch(68, 99)).is_err(), "too many bands");
@@ -1466,31 +1279,52 @@ mod tests {
         scanned[kind] = 7;
         assert!(load(scanned).is_err(), "unknown band kind");
         assert!(load(patch(count, 1499)).is_err(), "band size");
-        assert!(load(patch(entry, 1500)).is_err(), "entry out of range");
-        let layer0 = u32::from_le_bytes(bytes[sizes..sizes + 4].try_into().expect("4 bytes"));
-        assert!(load(patch(sizes, layer0 + 1)).is_err(), "layer sizes");
-        assert!(load(patch(first, 1500)).is_err(), "item id out of range");
-        let first_id = u32::from_le_bytes(bytes[first..first + 4].try_into().expect("4 bytes"));
-        // The second point of layer 0 claims the first one's id.
-        let mut at = first + 5;
-        for _ in 0..bytes[first + 4] {
-            let len = u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-            at += 2 + 4 * len;
-        }
-        assert!(load(patch(at, first_id)).is_err(), "item stored twice");
-        assert!(
-            load(patch(first + 7, 1500)).is_err(),
-            "neighbour out of range"
-        );
-        let mut too_long = bytes.clone();
-        too_long[first + 5..first + 7].copy_from_slice(&1000u16.to_le_bytes());
-        assert!(load(too_long).is_err(), "list longer than 2M");
-        let mut lists = bytes.clone();
-        lists[first + 4] = 17;
-        assert!(load(lists).is_err(), "more lists than layers");
+        assert!(load(patch(ids, 1500)).is_err(), "item id out of range");
+        let first = u32::from_le_bytes(bytes[ids..ids + 4].try_into().expect("4 bytes"));
+        assert!(load(patch(ids + 4, first)).is_err(), "ids not ascending");
         let mut longer = bytes.clone();
         longer.insert(bytes.len() - CHECKSUM_LEN, 0);
         assert!(load(longer).is_err(), "trailing byte");
+
+        // hnsw_rs's files are checked against the band before its loader reads them.
+        let decoded = Decoded::decode(&bytes, &vectors).expect("decodes");
+        let (graph_file, data_file) = decoded.bands[0].dump.expect("a graph band");
+        let with_dump = |graph: &[u8], data: &[u8]| {
+            let band = BandSection {
+                ids: decoded.bands[0].ids.clone(),
+                dump: Some((graph, data)),
+            };
+            write_section(&vectors, &index.params, &[band]).expect("writes")
+        };
+        assert!(
+            HnswIndex::from_bytes(&with_dump(graph_file, data_file), vectors.clone()).is_ok(),
+            "rewriting the same files changes nothing"
+        );
+        let refused = |graph: &[u8], data: &[u8], why: &str| {
+            let result = HnswIndex::from_bytes(&with_dump(graph, data), vectors.clone());
+            assert!(result.is_err(), "{why}");
+        };
+        refused(data_file, graph_file, "files swapped");
+        refused(
+            &graph_file[..3],
+            data_file,
+            "a graph file cut inside its description",
+        );
+        refused(&[], data_file, "no graph file");
+        let (other_vectors, other_index) = single_graph(1000, 8, 78);
+        let other_bytes = other_index.to_bytes().expect("serialises");
+        let other_decoded = Decoded::decode(&other_bytes, &other_vectors).expect("decodes");
+        let (other_graph, other_data) = other_decoded.bands[0].dump.expect("a graph band");
+        refused(
+            other_graph,
+            other_data,
+            "another band's graph (1000 points, not 1500)",
+        );
+        let (wide_vectors, wide_index) = single_graph(1500, 16, 79);
+        let wide_bytes = wide_index.to_bytes().expect("serialises");
+        let wide = Decoded::decode(&wide_bytes, &wide_vectors).expect("decodes");
+        let (wide_graph, wide_data) = wide.bands[0].dump.expect("a graph band");
+        refused(wide_graph, wide_data, "a graph of another dimension");
     }
 
     #[test]

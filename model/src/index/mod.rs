@@ -78,6 +78,64 @@ pub trait VectorIndex: Send + Sync {
     ) -> Vec<Vec<Hit>>;
 }
 
+/// The index a model searches with, named: a scan or HNSW graphs. One field on the model,
+/// so nothing keeps a second handle on the graphs.
+pub enum SearchIndex {
+    /// A scan of every item.
+    Exact(ExactIndex),
+    /// HNSW graphs over norm bands, candidates re-scored exactly.
+    Hnsw(HnswIndex),
+}
+
+impl SearchIndex {
+    /// The graphs, when this is an HNSW index (the artifact stores them).
+    pub fn hnsw(&self) -> Option<&HnswIndex> {
+        match self {
+            SearchIndex::Exact(_) => None,
+            SearchIndex::Hnsw(h) => Some(h),
+        }
+    }
+
+    fn inner(&self) -> &dyn VectorIndex {
+        match self {
+            SearchIndex::Exact(e) => e,
+            SearchIndex::Hnsw(h) => h,
+        }
+    }
+}
+
+impl fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SearchIndex::Exact(e) => f.debug_tuple("Exact").field(&e.len()).finish(),
+            SearchIndex::Hnsw(h) => f.debug_tuple("Hnsw").field(h).finish(),
+        }
+    }
+}
+
+impl VectorIndex for SearchIndex {
+    fn len(&self) -> usize {
+        self.inner().len()
+    }
+
+    fn dim(&self) -> usize {
+        self.inner().dim()
+    }
+
+    fn search(&self, query: &[f32], k: usize, filter: &(dyn Fn(u32) -> bool + Sync)) -> Vec<Hit> {
+        self.inner().search(query, k, filter)
+    }
+
+    fn search_batch(
+        &self,
+        queries: &[f32],
+        k: usize,
+        filter: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<Vec<Hit>> {
+        self.inner().search_batch(queries, k, filter)
+    }
+}
+
 /// A filter that lets every item through, for searches without business rules.
 pub fn allow_all(_id: u32) -> bool {
     true

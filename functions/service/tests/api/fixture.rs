@@ -62,15 +62,19 @@ pub fn small_config() -> TrainConfig {
 
 /// Trains on whatever the store holds and makes it live.
 pub async fn train_and_publish(stores: &Stores, tenant: &TenantId, version: &str) {
-    let model = training::train_tenant(
-        stores.records.as_ref(),
-        tenant,
-        &small_config(),
-        version,
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    train_and_publish_with(stores, tenant, version, &small_config()).await;
+}
+
+/// [`train_and_publish`] with a configuration of the caller's.
+pub async fn train_and_publish_with(
+    stores: &Stores,
+    tenant: &TenantId,
+    version: &str,
+    config: &TrainConfig,
+) {
+    let model = training::train_tenant(stores.records.as_ref(), tenant, config, version, &|_| {})
+        .await
+        .unwrap();
     training::publish(
         stores,
         tenant,

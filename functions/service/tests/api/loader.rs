@@ -9,7 +9,10 @@ use affinity_store::{
     BlobKey, DataCounts, ModelStatus, ModelVersion, ModelVersionId, Stores, TenantId,
 };
 
-use crate::fixture::{now, train_and_publish};
+use affinity_model::index::{HnswParams, VectorIndex};
+use affinity_model::model::IndexChoice;
+
+use crate::fixture::{now, small_config, train_and_publish, train_and_publish_with};
 
 async fn shop() -> (Stores, TenantId) {
     let stores = Stores::memory().unwrap();
@@ -329,4 +332,57 @@ async fn a_cold_start_with_nothing_loadable_answers_503_not_500() {
     assert!(err.to_string().contains("checksum"), "{err}");
     let api = affinity_service::ApiError::from(err);
     assert_eq!(api.status_and_code().1, "unavailable", "{api}");
+}
+
+/// The serving graphs of a big catalog on a small one: every norm band gets an HNSW graph
+/// (150k items would get them by default).
+fn graphs_everywhere() -> affinity_model::model::TrainConfig {
+    let mut config = small_config();
+    config.index = IndexChoice::Hnsw(HnswParams {
+        scan_below: 0,
+        ..HnswParams::default()
+    });
+    config
+}
+
+#[tokio::test]
+async fn an_hnsw_model_hot_reloads_twice_in_a_row_for_one_tenant_and_for_two() {
+    let (stores, first) = shop().await;
+    let second = TenantId::parse("second-shop").unwrap();
+    affinity_service::demo::populate(stores.records.as_ref(), &second, 120, 12, now())
+        .await
+        .unwrap();
+    let cache = ModelCache::new(stores.clone(), Duration::ZERO);
+    let mut held = Vec::new();
+    // v1 is the cold start; v2 and v3 are two hot reloads in a row, and the two tenants'
+    // graphs load side by side in one process.
+    for version in ["v1", "v2", "v3"] {
+        for tenant in [&first, &second] {
+            train_and_publish_with(&stores, tenant, version, &graphs_everywhere()).await;
+        }
+        for tenant in [&first, &second] {
+            let serving = cache.get(tenant).await.unwrap();
+            assert_eq!(serving.version.version.as_str(), version);
+            let model = &serving.model;
+            let graphs = model.index().hnsw().expect("an HNSW index").graphs();
+            assert!(graphs > 0, "{tenant:?} {version}: graphs, not scans, serve");
+            // The reloaded graphs answer as a scan of the same vectors does.
+            let exact = model.index().hnsw().expect("an HNSW index").exact();
+            let customer = model.fold_in(&[(0, 1.0), (3, 1.0), (7, 2.0)]);
+            let ids = |hits: Vec<affinity_model::index::Hit>| -> Vec<u32> {
+                hits.iter().map(|h| h.id).collect()
+            };
+            assert_eq!(
+                ids(model.index().search(&customer, 10, &|_| true)),
+                ids(exact.search(&customer, 10, &|_| true)),
+                "{tenant:?} {version}"
+            );
+            held.push(serving);
+        }
+    }
+    // Every model served along the way is still whole: answers in flight keep their own.
+    for serving in &held {
+        let index = serving.model.index();
+        assert!(index.search(&vec![0.5; index.dim()], 5, &|_| true).len() == 5);
+    }
 }
