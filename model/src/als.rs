@@ -270,19 +270,17 @@ fn solve_users(x: &mut [f32], y: &[f32], neg: &[f32], m: &Csr, params: &AlsParam
             let (cols, vals) = m.row(r);
             let reg = row_regularization(params, vals, m.ncols, m.ncols as f32);
             let base = Base::PerColumn(neg);
-            cg_solve(
-                xr,
+            let eq = NormalEquations {
                 y,
-                &yty,
-                1.0,
+                yty: &yty,
+                gscale: 1.0,
                 base,
                 reg,
                 cols,
                 vals,
                 params,
-                params.cg_steps,
-                s,
-            );
+            };
+            cg_solve(xr, &eq, params.cg_steps, s);
         },
     );
 }
@@ -297,19 +295,17 @@ fn solve_items(x: &mut [f32], y: &[f32], neg: &[f32], m: &Csr, params: &AlsParam
             let (cols, vals) = m.row(r);
             let w = neg.get(r).copied().unwrap_or(1.0);
             let reg = row_regularization(params, vals, m.ncols, w * m.ncols as f32);
-            cg_solve(
-                xr,
+            let eq = NormalEquations {
                 y,
-                &yty,
-                w,
-                Base::Row(w),
+                yty: &yty,
+                gscale: w,
+                base: Base::Row(w),
                 reg,
                 cols,
                 vals,
                 params,
-                params.cg_steps,
-                s,
-            );
+            };
+            cg_solve(xr, &eq, params.cg_steps, s);
         },
     );
 }
@@ -345,23 +341,40 @@ impl Scratch {
     }
 }
 
-/// Solves `(g YtY + reg I + sum_i (c_i - b_i) y_i y_i^T) x = sum_i c_i y_i` in place,
-/// warm-started from the current `x`, where `b_i` is the base (unobserved) weight and
-/// `c_i = b_i + alpha f(w_i)` the confidence of a purchased pair.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn cg_solve(
-    x: &mut [f32],
-    y: &[f32],
-    yty: &[f32],
-    gscale: f32,
-    base: Base<'_>,
-    reg: f32,
-    cols: &[u32],
-    vals: &[f32],
-    params: &AlsParams,
-    steps: usize,
-    s: &mut Scratch,
-) {
+/// One row's normal equations, `(g YtY + reg I + sum_i (c_i - b_i) y_i y_i^T) x =
+/// sum_i c_i y_i`, where `b_i` is the base (unobserved) weight and `c_i = b_i + alpha f(w_i)`
+/// the confidence of a purchased pair: what the trainer and fold-in both solve.
+pub(crate) struct NormalEquations<'a> {
+    /// The fixed side's factors, row-major.
+    pub y: &'a [f32],
+    /// Their Gram matrix `YtY`, `d x d`.
+    pub yty: &'a [f32],
+    /// `g`, the weight of the Gram term.
+    pub gscale: f32,
+    /// The unobserved weight of each fixed-side row.
+    pub base: Base<'a>,
+    /// `reg`, this row's regularisation.
+    pub reg: f32,
+    /// The row's purchases: columns and weights.
+    pub cols: &'a [u32],
+    /// Weights of `cols`.
+    pub vals: &'a [f32],
+    /// Confidence scaling.
+    pub params: &'a AlsParams,
+}
+
+/// Solves `eq` in place by conjugate gradients, warm-started from the current `x`.
+pub(crate) fn cg_solve(x: &mut [f32], eq: &NormalEquations<'_>, steps: usize, s: &mut Scratch) {
+    let NormalEquations {
+        y,
+        yty,
+        gscale,
+        base,
+        reg,
+        cols,
+        vals,
+        params,
+    } = *eq;
     let d = x.len();
     let Scratch { r, p, ap } = s;
     // r = b - A x
@@ -440,19 +453,17 @@ pub fn fold_in(
         Base::PerColumn(negative_weights)
     };
     // CG converges in at most d steps in exact arithmetic; a few more absorb rounding.
-    cg_solve(
-        &mut x,
-        item_factors,
-        item_gram,
-        1.0,
+    let eq = NormalEquations {
+        y: item_factors,
+        yty: item_gram,
+        gscale: 1.0,
         base,
         reg,
-        &cols,
-        &vals,
+        cols: &cols,
+        vals: &vals,
         params,
-        d + 8,
-        &mut s,
-    );
+    };
+    cg_solve(&mut x, &eq, d + 8, &mut s);
     x
 }
 

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::IdMap;
 use crate::index::{HnswIndex, ItemVectors};
+use crate::model::Parts;
 use crate::model::{Manifest, Model};
 use crate::neighbours::{NONE, Neighbours};
 use crate::popularity::Popularity;
@@ -317,8 +318,8 @@ impl Model {
             },
             false => None,
         };
-        Model::assemble(
-            m,
+        Model::assemble(Parts {
+            manifest: m,
             items,
             categories,
             item_category,
@@ -328,7 +329,7 @@ impl Model {
             neighbours,
             popularity,
             hnsw,
-        )
+        })
     }
 
     /// Writes the artifact atomically (temp file, then rename) and returns its digest.
@@ -399,7 +400,7 @@ mod erased {
 mod tests {
     use super::*;
     use crate::als::AlsParams;
-    use crate::model::{IndexChoice, Purchase, TrainConfig, train};
+    use crate::model::{IndexChoice, Purchase, TrainConfig, Trainer};
     use crate::testdata::shop;
 
     fn model(index: IndexChoice) -> Model {
@@ -414,7 +415,11 @@ mod tests {
             index,
             ..TrainConfig::default()
         };
-        let mut m = train(&data, &cats, &cfg, "v42", 1_800_000_000, &|_| {}).unwrap();
+        let mut m = Trainer::new(&cfg)
+            .version("v42")
+            .trained_at(1_800_000_000)
+            .train(&data, &cats)
+            .unwrap();
         m.manifest.metrics.insert("recall_at_10".into(), 0.25);
         m
     }

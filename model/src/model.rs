@@ -207,28 +207,90 @@ pub enum Stage {
     Index,
 }
 
-/// Trains a model. `item_categories` maps item ids to category names (items absent from
-/// `data` but present there are kept as never-bought items so popularity per category and
-/// filters know them).
-pub fn train(
-    data: &Interactions,
-    item_categories: &HashMap<String, String>,
-    config: &TrainConfig,
-    model_version: &str,
+/// Fits models, as `implicit`'s model objects do: configured once, then
+/// [`Trainer::train`] for a served model from scratch, [`Trainer::fit_candidate`] for the
+/// promotion gate's candidate (which [`Candidate::refit`] turns into the served model), or
+/// [`Trainer::fit_for_evaluation`] for offline metrics and tuning.
+#[derive(Clone, Copy)]
+pub struct Trainer<'a> {
+    config: &'a TrainConfig,
+    version: &'a str,
     trained_at: i64,
-    progress: &(dyn Fn(Stage) + Sync),
-) -> Result<Model> {
-    build(
-        data,
-        item_categories,
-        config,
-        model_version,
-        trained_at,
-        progress,
-        true,
-        None,
-    )
-    .map(|(m, _)| m)
+    progress: &'a (dyn Fn(Stage) + Sync),
+}
+
+fn no_progress(_: Stage) {}
+
+impl<'a> Trainer<'a> {
+    /// A trainer for `config`; the model version is empty and the training time 0 until set.
+    pub fn new(config: &'a TrainConfig) -> Self {
+        Self {
+            config,
+            version: "",
+            trained_at: 0,
+            progress: &no_progress,
+        }
+    }
+
+    /// The version the fitted model carries in its manifest.
+    pub fn version(self, version: &'a str) -> Self {
+        Self { version, ..self }
+    }
+
+    /// The training time (unix seconds) recorded in the manifest.
+    pub fn trained_at(self, trained_at: i64) -> Self {
+        Self { trained_at, ..self }
+    }
+
+    /// Where the stages of a fit are reported, for progress bars and logs.
+    pub fn progress(self, progress: &'a (dyn Fn(Stage) + Sync)) -> Self {
+        Self { progress, ..self }
+    }
+
+    /// A served model from scratch. `item_categories` maps item ids to category names (items
+    /// absent from `data` but present there are kept as never-bought items so popularity per
+    /// category and filters know them).
+    pub fn train(
+        &self,
+        data: &Interactions,
+        item_categories: &HashMap<String, String>,
+    ) -> Result<Model> {
+        self.build(data, item_categories, Fit::Served)
+            .map(|(m, _)| m)
+    }
+
+    /// The embeddings only (no neighbour lists, exact index), with what [`Candidate::refit`]
+    /// needs to continue the fit.
+    pub fn fit_candidate(&self, data: &Interactions) -> Result<Candidate> {
+        let (model, user) = self.build(data, &HashMap::new(), Fit::Candidate)?;
+        Ok(Candidate { model, user })
+    }
+
+    /// The embeddings only: what offline evaluation, the promotion gate and tuning need,
+    /// without the item x item pass of a served model. [`Model::evaluate`] gives the same
+    /// figures as for a model from [`Trainer::train`] on the same data.
+    pub fn fit_for_evaluation(&self, data: &Interactions) -> Result<Model> {
+        self.fit_candidate(data).map(|c| c.model)
+    }
+
+    fn build(
+        &self,
+        data: &Interactions,
+        item_categories: &HashMap<String, String>,
+        fit: Fit,
+    ) -> Result<(Model, Vec<f32>)> {
+        build(self, data, item_categories, fit)
+    }
+}
+
+/// What a fit produces and where it starts.
+enum Fit {
+    /// Embeddings only, from scratch.
+    Candidate,
+    /// A served model, from scratch.
+    Served,
+    /// A served model, continuing from a candidate's factors for `iterations` alternations.
+    Refit(als::AlsFactors, usize),
 }
 
 /// A model fitted for the promotion gate, with the customer factors the final fit starts from.
@@ -239,98 +301,55 @@ pub struct Candidate {
     user: Vec<f32>,
 }
 
-/// [`train_for_evaluation`] that keeps what [`train_from`] needs to continue the fit.
-pub fn fit_candidate(
-    data: &Interactions,
-    config: &TrainConfig,
-    model_version: &str,
-    trained_at: i64,
-    progress: &(dyn Fn(Stage) + Sync),
-) -> Result<Candidate> {
-    let (model, user) = build(
-        data,
-        &HashMap::new(),
-        config,
-        model_version,
-        trained_at,
-        progress,
-        false,
-        None,
-    )?;
-    Ok(Candidate { model, user })
+impl Candidate {
+    /// The served model, fitted by `iterations` ALS alternations on `data` starting from the
+    /// candidate's factors (`data` must share the candidate's id maps: the candidate's data is
+    /// `data` minus the holdout). The candidate has already converged on all but the held-out
+    /// purchases, so a few alternations take those in for a fraction of a fit from scratch.
+    pub fn refit(
+        self,
+        trainer: &Trainer<'_>,
+        data: &Interactions,
+        item_categories: &HashMap<String, String>,
+        iterations: usize,
+    ) -> Result<Model> {
+        let start = als::AlsFactors {
+            factors: self.model.vectors.dim(),
+            item: self.model.vectors.as_slice().to_vec(),
+            user: self.user,
+            negative_weights: Vec::new(),
+        };
+        trainer
+            .build(data, item_categories, Fit::Refit(start, iterations))
+            .map(|(m, _)| m)
+    }
 }
 
-/// The served model, fitted by `iterations` ALS alternations on `data` starting from the
-/// candidate's factors (`data` must share the candidate's id maps: the candidate's data is
-/// `data` minus the holdout). The candidate has already converged on all but the held-out
-/// purchases, so a few alternations take those in for a fraction of a fit from scratch.
-#[allow(clippy::too_many_arguments)]
-pub fn train_from(
-    candidate: Candidate,
-    data: &Interactions,
-    item_categories: &HashMap<String, String>,
-    config: &TrainConfig,
-    model_version: &str,
-    trained_at: i64,
-    iterations: usize,
-    progress: &(dyn Fn(Stage) + Sync),
-) -> Result<Model> {
-    let start = als::AlsFactors {
-        factors: candidate.model.vectors.dim(),
-        item: candidate.model.vectors.as_slice().to_vec(),
-        user: candidate.user,
-        negative_weights: Vec::new(),
-    };
-    build(
-        data,
-        item_categories,
-        config,
-        model_version,
-        trained_at,
-        progress,
-        true,
-        Some((start, iterations)),
-    )
-    .map(|(m, _)| m)
-}
-
-/// Fits the embeddings only (no neighbour lists, exact index): what offline evaluation,
-/// the promotion gate and tuning need, without the item x item pass of a served model.
-/// [`Model::evaluate`] gives the same figures as for a model from [`train`] with the same
-/// data and configuration.
-pub fn train_for_evaluation(
-    data: &Interactions,
-    config: &TrainConfig,
-    model_version: &str,
-    trained_at: i64,
-    progress: &(dyn Fn(Stage) + Sync),
-) -> Result<Model> {
-    fit_candidate(data, config, model_version, trained_at, progress).map(|c| c.model)
-}
-
-#[allow(clippy::too_many_arguments)]
 fn build(
+    trainer: &Trainer<'_>,
     data: &Interactions,
     item_categories: &HashMap<String, String>,
-    config: &TrainConfig,
-    model_version: &str,
-    trained_at: i64,
-    progress: &(dyn Fn(Stage) + Sync),
-    served: bool,
-    start: Option<(als::AlsFactors, usize)>,
+    fit: Fit,
 ) -> Result<(Model, Vec<f32>)> {
+    let Trainer {
+        config,
+        version: model_version,
+        trained_at,
+        progress,
+    } = *trainer;
+    let served = !matches!(fit, Fit::Candidate);
     if config.neighbours == 0 || config.neighbours > 500 {
         return Err(Error::InvalidParameter {
             name: "neighbours",
             reason: "must be between 1 and 500".into(),
         });
     }
-    let mut factors = match start {
-        None => {
+    let mut factors = match fit {
+        Fit::Candidate | Fit::Served => {
             let of = config.als.iterations;
             als::fit(data, &config.als, &|n| progress(Stage::Iteration { n, of }))?
         }
-        Some((start, of)) => als::refit(data, &config.als, start, of, &|n| {
+        Fit::Refit(start, of) => als::refit(data, &config.als, start, of, &|n| {
             progress(Stage::Iteration { n, of })
         })?,
     };
@@ -382,9 +401,9 @@ fn build(
     } else {
         None
     };
-    Model::assemble(
+    Model::assemble(Parts {
         manifest,
-        data.items.clone(),
+        items: data.items.clone(),
         categories,
         item_category,
         vectors,
@@ -393,7 +412,7 @@ fn build(
         neighbours,
         popularity,
         hnsw,
-    )
+    })
     .map(|m| (m, user))
 }
 
@@ -407,21 +426,37 @@ fn build_hnsw(vectors: &ItemVectors, choice: IndexChoice) -> Result<Option<HnswI
     Ok(Some(HnswIndex::build(vectors.clone(), params)?))
 }
 
+/// A model's parts before their shapes are checked: what training and the artifact decoder
+/// produce, and what [`Model::assemble`] puts together.
+pub(crate) struct Parts {
+    pub manifest: Manifest,
+    pub items: IdMap,
+    pub categories: Vec<String>,
+    pub item_category: Vec<Option<u32>>,
+    pub vectors: ItemVectors,
+    pub gram: Vec<f32>,
+    pub negative_weights: Vec<f32>,
+    pub neighbours: Neighbours,
+    pub popularity: Popularity,
+    /// The graphs, when built or stored; the exact index otherwise.
+    pub hnsw: Option<HnswIndex>,
+}
+
 impl Model {
     /// Puts the parts together and checks that their shapes agree.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn assemble(
-        manifest: Manifest,
-        items: IdMap,
-        categories: Vec<String>,
-        item_category: Vec<Option<u32>>,
-        vectors: ItemVectors,
-        gram: Vec<f32>,
-        negative_weights: Vec<f32>,
-        neighbours: Neighbours,
-        popularity: Popularity,
-        hnsw: Option<HnswIndex>,
-    ) -> Result<Self> {
+    pub(crate) fn assemble(parts: Parts) -> Result<Self> {
+        let Parts {
+            manifest,
+            items,
+            categories,
+            item_category,
+            vectors,
+            gram,
+            negative_weights,
+            neighbours,
+            popularity,
+            hnsw,
+        } = parts;
         let n = items.len();
         let d = vectors.dim();
         let shape = |what: &str| {
@@ -531,18 +566,18 @@ impl Model {
             },
             metrics: BTreeMap::new(),
         };
-        Self::assemble(
+        Self::assemble(Parts {
             manifest,
             items,
             categories,
             item_category,
-            ItemVectors::new(vec![0.0; n].into(), 1)?,
-            vec![0.0],
-            vec![1.0; n],
-            Neighbours::empty(n),
+            vectors: ItemVectors::new(vec![0.0; n].into(), 1)?,
+            gram: vec![0.0],
+            negative_weights: vec![1.0; n],
+            neighbours: Neighbours::empty(n),
             popularity,
-            None,
-        )
+            hnsw: None,
+        })
     }
 
     /// Which index answers searches: operators and tests need to know whether graphs serve.
@@ -942,7 +977,11 @@ mod tests {
 
     fn trained() -> (Model, Interactions) {
         let (data, cats) = shop(600, 6, 20, 1);
-        let m = train(&data, &cats, &small_config(), "v1", 1_800_000_000, &|_| {}).unwrap();
+        let m = Trainer::new(&small_config())
+            .version("v1")
+            .trained_at(1_800_000_000)
+            .train(&data, &cats)
+            .unwrap();
         (m, data)
     }
 
@@ -955,16 +994,23 @@ mod tests {
         let outer = eval::split(&data, eval::Holdout::Latest { fraction: 0.2 });
         let inner = eval::split(&outer.train, eval::Holdout::Latest { fraction: 0.2 });
         let cfg = small_config();
-        let candidate = fit_candidate(&inner.train, &cfg, "c", 0, &|_| {}).unwrap();
+        let candidate = Trainer::new(&cfg)
+            .version("c")
+            .fit_candidate(&inner.train)
+            .unwrap();
         let from_candidate = candidate.model.evaluate(&outer, 10);
         let iterations = std::sync::Mutex::new(Vec::new());
-        let warm = train_from(candidate, &outer.train, &cats, &cfg, "w", 0, 3, &|s| {
+        let progress = |s| {
             if let Stage::Iteration { n, of } = s {
                 iterations.lock().unwrap().push((n, of));
             }
-        })
-        .unwrap();
-        let scratch = train(&outer.train, &cats, &cfg, "s", 0, &|_| {}).unwrap();
+        };
+        let trainer = Trainer::new(&cfg).version("w").progress(&progress);
+        let warm = candidate.refit(&trainer, &outer.train, &cats, 3).unwrap();
+        let scratch = Trainer::new(&cfg)
+            .version("s")
+            .train(&outer.train, &cats)
+            .unwrap();
         assert_eq!(*iterations.lock().unwrap(), vec![(1, 3), (2, 3), (3, 3)]);
         let (w, f) = (warm.evaluate(&outer, 10), scratch.evaluate(&outer, 10));
         assert!(w.customers > 100, "{w:?}");
@@ -986,8 +1032,12 @@ mod tests {
         let (data, _) = shop(200, 4, 10, 3);
         let (other, _) = shop(300, 4, 10, 3);
         let cfg = small_config();
-        let candidate = fit_candidate(&other, &cfg, "c", 0, &|_| {}).unwrap();
-        let err = train_from(candidate, &data, &HashMap::new(), &cfg, "w", 0, 2, &|_| {})
+        let candidate = Trainer::new(&cfg)
+            .version("c")
+            .fit_candidate(&other)
+            .unwrap();
+        let err = candidate
+            .refit(&Trainer::new(&cfg), &data, &HashMap::new(), 2)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -1079,7 +1129,7 @@ mod tests {
             half_life_days: None,
         };
         let f = als::fit(&data, &cfg.als, &|_| {}).unwrap();
-        let m = train(&data, &cats, &cfg, "v", 0, &|_| {}).unwrap();
+        let m = Trainer::new(&cfg).version("v").train(&data, &cats).unwrap();
         let d = cfg.als.factors;
         for u in [0usize, 7, 123] {
             let (c, v) = data.user_items.row(u);
@@ -1101,7 +1151,10 @@ mod tests {
                 seed: 42,
             },
         );
-        let m = train(&split.train, &cats, &small_config(), "v", 0, &|_| {}).unwrap();
+        let m = Trainer::new(&small_config())
+            .version("v")
+            .train(&split.train, &cats)
+            .unwrap();
         let mine = m.evaluate(&split, 10);
         let pop = popularity_metrics(&split, 10);
         assert!(mine.customers > 0 && mine.customers == pop.customers);
@@ -1116,7 +1169,10 @@ mod tests {
     fn metrics_at_several_cutoffs_equal_one_ranking_per_cutoff() {
         let (data, cats) = shop(500, 6, 20, 5);
         let split = eval::split(&data, Holdout::Latest { fraction: 0.2 });
-        let m = train(&split.train, &cats, &small_config(), "v", 0, &|_| {}).unwrap();
+        let m = Trainer::new(&small_config())
+            .version("v")
+            .train(&split.train, &cats)
+            .unwrap();
         let ks = [1, 5, 10, 20, 50];
         let curve = m.evaluate_at(&split, &ks);
         let pop = popularity_metrics_at(&split, &ks);
@@ -1134,8 +1190,14 @@ mod tests {
     fn evaluation_model_scores_like_the_served_one() {
         let (data, cats) = shop(500, 6, 20, 5);
         let split = eval::split(&data, Holdout::Latest { fraction: 0.2 });
-        let full = train(&split.train, &cats, &small_config(), "v", 0, &|_| {}).unwrap();
-        let lean = train_for_evaluation(&split.train, &small_config(), "v", 0, &|_| {}).unwrap();
+        let full = Trainer::new(&small_config())
+            .version("v")
+            .train(&split.train, &cats)
+            .unwrap();
+        let lean = Trainer::new(&small_config())
+            .version("v")
+            .fit_for_evaluation(&split.train)
+            .unwrap();
         assert_eq!(full.evaluate(&split, 10), lean.evaluate(&split, 10));
         assert_eq!(lean.neighbours.of(0).count(), 0);
     }
@@ -1163,7 +1225,7 @@ mod tests {
         let (data, cats) = shop(3000, 40, 100, 4);
         let mut cfg = small_config();
         cfg.als.factors = 32;
-        let m = train(&data, &cats, &cfg, "v", 0, &|_| {}).unwrap();
+        let m = Trainer::new(&cfg).version("v").train(&data, &cats).unwrap();
         // Graphs only (no band is small enough to be scanned), default search settings.
         let params = HnswParams {
             scan_below: 0,

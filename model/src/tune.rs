@@ -7,7 +7,7 @@ use crate::Result;
 use crate::als::AlsParams;
 use crate::eval::{self, Holdout, Metrics};
 use crate::interactions::Interactions;
-use crate::model::{Model, TrainConfig, train_for_evaluation};
+use crate::model::{Model, TrainConfig, Trainer};
 
 /// One tried configuration and its validation metrics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,7 +86,9 @@ pub fn search(
                 break 'candidates;
             }
             // Embeddings only: neighbour lists play no part in the validation metrics.
-            let model: Model = train_for_evaluation(&split.train, &cfg, "tuning", 0, &|_| {})?;
+            let model: Model = Trainer::new(&cfg)
+                .version("tuning")
+                .fit_for_evaluation(&split.train)?;
             folds.push(model.evaluate(split, k));
         }
         if let Some(validation) = Metrics::mean(&folds) {

@@ -414,8 +414,9 @@ fn artifact_load(items: usize, factors: usize) -> Result<(f64, f64)> {
         },
         ..TrainConfig::default()
     };
-    let model =
-        affinity_model::model::train(&data, &Default::default(), &config, "load-time", 0, &|_| {})?;
+    let model = affinity_model::model::Trainer::new(&config)
+        .version("load-time")
+        .train(&data, &Default::default())?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("model.afm");
     model.save(&path)?;

@@ -17,7 +17,7 @@ use affinity_model::crm::offers::{
 use affinity_model::crm::profile::CustomerProfile;
 use affinity_model::crm::rfm::RfmScore;
 use affinity_model::interactions::{Event, InteractionsBuilder, Weighting};
-use affinity_model::model::{IndexChoice, Purchase, TrainConfig, train};
+use affinity_model::model::{IndexChoice, Purchase, TrainConfig, Trainer};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rand::{Rng, SeedableRng};
@@ -146,7 +146,10 @@ fn offers_bench(n_customers: usize, n_offers: usize, runs: usize, seed: u64) -> 
         ..TrainConfig::default()
     };
     let t0 = Instant::now();
-    let model = train(&data, &categories, &config, "bench", now, &|_| {})?;
+    let model = Trainer::new(&config)
+        .version("bench")
+        .trained_at(now)
+        .train(&data, &categories)?;
     eprintln!(
         "trained {} items x {} factors in {:.1}s",
         model.items.len(),

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use affinity_model::interactions::{Event, InteractionsBuilder};
-use affinity_model::model::{Stage, TrainConfig, train};
+use affinity_model::model::{Stage, TrainConfig, Trainer};
 use affinity_service::answers::Options;
 use affinity_service::loader::ModelCache;
 use affinity_service::training;
@@ -36,25 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Synthesize a shop, train, store it under --dir, measure in-process latency.
-    Prepare {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 100_000)]
-        items: usize,
-        #[arg(long, default_value_t = 64)]
-        factors: usize,
-        #[arg(long, default_value_t = 150_000)]
-        customers: usize,
-        #[arg(long, default_value_t = 12)]
-        per_customer: usize,
-        #[arg(long, default_value_t = 6)]
-        iterations: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Queries per in-process measurement (recommendations use a quarter).
-        #[arg(long, default_value_t = 20_000)]
-        queries: usize,
-    },
+    Prepare(PrepareArgs),
     /// Start the API binary on --dir and time process start to the first answer.
     ColdStart {
         #[arg(long)]
@@ -94,6 +76,28 @@ enum Cmd {
     },
 }
 
+/// The shop `prepare` synthesizes and how long it measures.
+#[derive(clap::Args)]
+struct PrepareArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    items: usize,
+    #[arg(long, default_value_t = 64)]
+    factors: usize,
+    #[arg(long, default_value_t = 150_000)]
+    customers: usize,
+    #[arg(long, default_value_t = 12)]
+    per_customer: usize,
+    #[arg(long, default_value_t = 6)]
+    iterations: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Queries per in-process measurement (recommendations use a quarter).
+    #[arg(long, default_value_t = 20_000)]
+    queries: usize,
+}
+
 /// Where the API under test reads its model.
 struct Peer<'a> {
     endpoint: &'a str,
@@ -125,17 +129,17 @@ fn time_each(n: usize, mut f: impl FnMut(usize)) -> Vec<u64> {
     t
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn prepare(
-    dir: &Path,
-    items: usize,
-    factors: usize,
-    customers: usize,
-    per_customer: usize,
-    iterations: usize,
-    seed: u64,
-    queries: usize,
-) -> Result<()> {
+async fn prepare(args: &PrepareArgs) -> Result<()> {
+    let PrepareArgs {
+        ref dir,
+        items,
+        factors,
+        customers,
+        per_customer,
+        iterations,
+        seed,
+        queries,
+    } = *args;
     std::fs::create_dir_all(dir)?;
     let groups = (items / 1000).max(1);
     let group_size = items / groups;
@@ -185,21 +189,19 @@ async fn prepare(
     config.als.factors = factors;
     config.als.iterations = iterations;
     let t1 = Instant::now();
-    let model = train(
-        &data,
-        &categories,
-        &config,
-        "bench-v1",
-        1_760_000_000,
-        &|s| {
-            if let Stage::Iteration { n, of } = s {
-                eprintln!(
-                    "  ALS iteration {n}/{of} ({:.0}s)",
-                    t1.elapsed().as_secs_f64()
-                );
-            }
-        },
-    )?;
+    let progress = |s| {
+        if let Stage::Iteration { n, of } = s {
+            eprintln!(
+                "  ALS iteration {n}/{of} ({:.0}s)",
+                t1.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let model = Trainer::new(&config)
+        .version("bench-v1")
+        .trained_at(1_760_000_000)
+        .progress(&progress)
+        .train(&data, &categories)?;
     eprintln!(
         "trained {} factors in {:.1}s",
         factors,
@@ -383,28 +385,7 @@ fn cold_start(bin: &Path, dir: &Path, port: u16, runs: usize, peer: Option<Peer>
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Prepare {
-            dir,
-            items,
-            factors,
-            customers,
-            per_customer,
-            iterations,
-            seed,
-            queries,
-        } => {
-            prepare(
-                &dir,
-                items,
-                factors,
-                customers,
-                per_customer,
-                iterations,
-                seed,
-                queries,
-            )
-            .await
-        }
+        Cmd::Prepare(args) => prepare(&args).await,
         Cmd::ColdStart {
             bin,
             dir,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use affinity_model::als::AlsParams;
 use affinity_model::eval::{self, ExternalTest, Metrics};
 use affinity_model::interactions::{Event, InteractionsBuilder, Weighting};
-use affinity_model::model::{IndexChoice, Stage, TrainConfig, popularity_metrics, train};
+use affinity_model::model::{IndexChoice, Stage, TrainConfig, Trainer, popularity_metrics};
 use affinity_store::import::parse_timestamp;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -194,18 +194,16 @@ pub fn run(args: EvalArgs, json: bool) -> Result<()> {
     let bar = crate::bar(Some(als.iterations as u64), "iterations");
     bar.set_message("fitting");
     let t = Instant::now();
-    let model = train(
-        &data,
-        &Default::default(),
-        &config,
-        "eval",
-        data.watermark,
-        &|s| {
-            if let Stage::Iteration { n, .. } = s {
-                bar.set_position(n as u64);
-            }
-        },
-    )?;
+    let progress = |s| {
+        if let Stage::Iteration { n, .. } = s {
+            bar.set_position(n as u64);
+        }
+    };
+    let model = Trainer::new(&config)
+        .version("eval")
+        .trained_at(data.watermark)
+        .progress(&progress)
+        .train(&data, &Default::default())?;
     let fit_seconds = t.elapsed().as_secs_f64();
     bar.set_message("scoring");
     let affinity = model.evaluate(&split, args.k);

@@ -210,7 +210,7 @@ impl CatalogView {
 mod tests {
     use super::*;
     use affinity_model::interactions::{Event, InteractionsBuilder, Weighting};
-    use affinity_model::model::{TrainConfig, train};
+    use affinity_model::model::{TrainConfig, Trainer};
     use affinity_store::{Category, ItemId};
 
     fn item(id: &str, cat: &str, in_stock: bool) -> CatalogItem {
@@ -249,7 +249,10 @@ mod tests {
         config.als.factors = 4;
         config.als.iterations = 2;
         config.neighbours = 3;
-        let model = train(&data, &cats, &config, "t", 0, &|_| {}).unwrap();
+        let model = Trainer::new(&config)
+            .version("t")
+            .train(&data, &cats)
+            .unwrap();
         let view = CatalogView::build(
             &model,
             &[item("g0-1", "cat0", false), item("new-1", "fresh", true)],

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use affinity_model::interactions::{Event, Interactions, InteractionsBuilder, Weighting};
-use affinity_model::model::{Model, Stage, TrainConfig, train};
+use affinity_model::model::{Model, Stage, TrainConfig, Trainer};
 use affinity_store::{
     BlobKey, ModelStatus, ModelVersion, ModelVersionId, PurchaseRow, RecordStore, Stores, TenantId,
     Watermark,
@@ -120,15 +120,12 @@ pub async fn train_tenant(
 ) -> Result<Model> {
     let data = load(store, tenant, &config.weighting).await?;
     let now = chrono::Utc::now().timestamp();
-    train(
-        &data.interactions,
-        &data.categories,
-        config,
-        version,
-        now,
-        progress,
-    )
-    .step("train")
+    Trainer::new(config)
+        .version(version)
+        .trained_at(now)
+        .progress(progress)
+        .train(&data.interactions, &data.categories)
+        .step("train")
 }
 
 /// The blob key of a model artifact: its content address (`models/<sha256 hex>.afm`), the

@@ -1324,7 +1324,7 @@ mod tests {
     use super::*;
     use crate::als::AlsParams;
     use crate::crm::rfm::RfmScore;
-    use crate::model::{IndexChoice, TrainConfig, train};
+    use crate::model::{IndexChoice, TrainConfig, Trainer};
     use crate::testdata::shop;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -1346,7 +1346,11 @@ mod tests {
             index: IndexChoice::Exact,
             ..TrainConfig::default()
         };
-        train(&data, &cats, &config, "v1", NOW, &|_| {}).unwrap()
+        Trainer::new(&config)
+            .version("v1")
+            .trained_at(NOW)
+            .train(&data, &cats)
+            .unwrap()
     }
 
     fn offer(id: &str, doc: serde_json::Value) -> Offer {

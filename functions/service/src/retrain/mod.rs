@@ -1051,7 +1051,11 @@ async fn locked(
         );
         blocking("fit the candidate", move || {
             let report = |s| report_stage(&p, Step::Fit, s);
-            model::fit_candidate(&split.train, &cfg, &v, 0, &report).step("fit the candidate")
+            model::Trainer::new(&cfg)
+                .version(&v)
+                .progress(&report)
+                .fit_candidate(&split.train)
+                .step("fit the candidate")
         })
         .await?
     };
@@ -1108,20 +1112,15 @@ async fn locked(
         let refit = deps.settings.refit_iterations;
         blocking("train", move || {
             let report = |s| report_stage(&p, Step::Train, s);
+            let trainer = model::Trainer::new(&cfg)
+                .version(&v)
+                .trained_at(trained_at)
+                .progress(&report);
             let mut m = if refit > 0 {
-                model::train_from(
-                    candidate,
-                    &data,
-                    &categories,
-                    &cfg,
-                    &v,
-                    trained_at,
-                    refit,
-                    &report,
-                )
+                candidate.refit(&trainer, &data, &categories, refit)
             } else {
                 drop(candidate);
-                model::train(&data, &categories, &cfg, &v, trained_at, &report)
+                trainer.train(&data, &categories)
             }
             .step("train the final model")?;
             m.manifest.metrics = metrics;
