@@ -22,6 +22,7 @@ pub mod model;
 pub mod neighbours;
 pub mod popularity;
 pub mod topk;
+pub mod train;
 pub mod tune;
 
 pub use error::{Error, Result};
