@@ -230,4 +230,3 @@ fn build_hnsw(vectors: &ItemVectors, choice: IndexChoice) -> Result<Option<HnswI
     };
     Ok(Some(HnswIndex::build(vectors.clone(), params)?))
 }
-

@@ -6,9 +6,9 @@
 //!
 //! - [`ExactIndex`]: a scan of every item. The oracle for tests and the right choice up to
 //!   roughly 100k items; batches go through a SIMD matrix multiply.
-//! - [`HnswIndex`]: HNSW graphs (via `hnsw_rs`, confined to `hnsw.rs`) over norm bands of the
-//!   items, each band reduced from inner product to cosine, candidates re-scored exactly; for
-//!   catalogs where a scan is too slow. Its module docs say why one graph is not enough.
+//! - [`HnswIndex`]: HNSW graphs (via `hnsw_rs`, confined to `hnsw/mod.rs`) over norm bands of
+//!   the items, each band reduced from inner product to cosine, candidates re-scored exactly;
+//!   for catalogs where a scan is too slow. Its module docs say why one graph is not enough.
 //!
 //! Data flow: item factors -> [`ItemVectors`] -> index -> `search(query, k, filter)` -> [`Hit`]s,
 //! best first. Both indexes score with the same dot product ([`dot`]) and break ties by the
