@@ -1,7 +1,7 @@
 //! `affinity clv`'s printed report: the fitted BG/NBD and Gamma-Gamma parameters and the
 //! customers with the highest CLV.
 
-use affinity_service::clv;
+use crate::clv;
 
 pub(crate) fn print(r: &clv::Report, top: usize) {
     let p = &r.bgnbd.params;

@@ -2,6 +2,7 @@
 //! promotion gate, inspect model versions, promote and roll back, write a model report,
 //! score your own split, serve the HTTP API, manage API keys.
 
+mod clv;
 mod clv_report;
 mod customers;
 mod eval;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use affinity_service::retrain::{
     self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, versions,
 };
-use affinity_service::{clv, demo};
+use affinity_service::demo;
 use affinity_store::import::{self, ImportOptions};
 use affinity_store::{Backend, JobId, ModelVersionId, Stores, TenantId};
 use anyhow::{Context, Result};

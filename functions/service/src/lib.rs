@@ -21,9 +21,9 @@
 pub mod answers;
 pub mod auth;
 pub mod catalog;
-pub mod clv;
 pub mod crm;
 pub mod customer_data;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod extract;

@@ -14,7 +14,54 @@ use affinity_model::crm::summary::{SummaryOptions, TimeUnit, Transaction, summar
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde::Serialize;
 
-use crate::error::{Context, Error, Result};
+/// What can go wrong reading transactions or fitting the models.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("reading {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A row or the header does not hold what the columns say.
+    #[error("{file}:{line}: field `{field}`: {reason}")]
+    BadInput {
+        /// The file as named on the command line.
+        file: String,
+        /// 1-based line (the header is line 1).
+        line: u64,
+        /// The column.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The models could not be fitted.
+    #[error("{step}: {source}")]
+    Model {
+        /// What was being done.
+        step: &'static str,
+        /// The model crate's error.
+        #[source]
+        source: affinity_model::Error,
+    },
+}
+
+/// This module's results.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Names the step a model error came from.
+trait Step<T> {
+    fn step(self, step: &'static str) -> Result<T>;
+}
+
+impl<T> Step<T> for affinity_model::Result<T> {
+    fn step(self, step: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Model { step, source })
+    }
+}
 
 /// Which CSV columns hold what.
 #[derive(Debug, Clone, PartialEq, Eq)]

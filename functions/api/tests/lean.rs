@@ -1,0 +1,41 @@
+//! The Lambda functions carry no CLI-only code: the demo shop generator (the service's
+//! `demo` feature) and the CLI's presentation crates stay out of both deployed binaries.
+
+use std::process::Command;
+
+/// `cargo tree` lines (package and feature nodes) of `package`'s normal build, as deployed.
+fn tree(package: &str) -> String {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .args(["tree", "--offline", "--manifest-path", manifest])
+        .args(["-p", package, "-e", "normal,features", "--prefix", "none"])
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_deployed_functions_leave_the_cli_code_out() {
+    for package in ["affinity-api", "affinity-retrain"] {
+        let tree = tree(package);
+        assert!(
+            tree.contains("affinity-service v"),
+            "{package}: the tree was read"
+        );
+        assert!(
+            !tree.contains("affinity-service feature \"demo\""),
+            "{package} builds the demo shop generator"
+        );
+        for cli_only in ["affinity-cli", "comfy-table", "indicatif"] {
+            assert!(
+                !tree.lines().any(|l| l.starts_with(&format!("{cli_only} v"))),
+                "{package} pulls in {cli_only}"
+            );
+        }
+    }
+}
