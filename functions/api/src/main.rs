@@ -1,9 +1,9 @@
 //! `affinity-api`: the HTTP function. Under Lambda (`AWS_LAMBDA_RUNTIME_API` set) it runs
 //! the router with `lambda_http`; elsewhere it serves it on `AFFINITY_ADDR`.
 
+use affinity_service::http::state::AppState;
+use affinity_service::http::{host, routes, telemetry};
 use affinity_service::settings::Settings;
-use affinity_service::state::AppState;
-use affinity_service::{host, routes, telemetry};
 
 #[tokio::main]
 async fn main() {

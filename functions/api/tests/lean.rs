@@ -33,7 +33,9 @@ fn the_deployed_functions_leave_the_cli_code_out() {
         );
         for cli_only in ["affinity-cli", "comfy-table", "indicatif"] {
             assert!(
-                !tree.lines().any(|l| l.starts_with(&format!("{cli_only} v"))),
+                !tree
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{cli_only} v"))),
                 "{package} pulls in {cli_only}"
             );
         }

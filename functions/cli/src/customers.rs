@@ -2,7 +2,7 @@
 //! same operations as `DELETE /v1/customers/{id}` and `PUT /v1/customers/{id}/consent`.
 
 use affinity_service::customer_data;
-use affinity_service::telemetry::CustomerHasher;
+use affinity_service::customer_data::CustomerHasher;
 use affinity_store::{Consent, CustomerId, Stores, TenantId};
 use anyhow::{Context, Result};
 use clap::Subcommand;

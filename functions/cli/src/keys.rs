@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use affinity_service::auth::{MAX_TOKEN_LIFETIME_SECS, StorefrontToken};
+use affinity_service::http::auth::{MAX_TOKEN_LIFETIME_SECS, StorefrontToken};
 use affinity_store::{
     CustomerId, KeyId, Scope, Stores, TenantId, generate_api_key, generate_storefront_key,
 };

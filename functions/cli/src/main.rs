@@ -4,10 +4,10 @@
 
 mod clv;
 mod clv_report;
+mod crm;
 mod customers;
 mod eval;
 mod examples;
-mod insight;
 mod keys;
 mod models;
 mod recommend;
@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use affinity_service::demo;
 use affinity_service::retrain::{
     self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, versions,
 };
-use affinity_service::demo;
 use affinity_store::import::{self, ImportOptions};
 use affinity_store::{Backend, JobId, ModelVersionId, Stores, TenantId};
 use anyhow::{Context, Result};
@@ -380,9 +380,7 @@ async fn run(cli: Cli) -> Result<()> {
             KeysCmd::List => keys::list(&stores, &tenant, cli.json).await?,
         },
         Cmd::Customers { cmd } => customers::run(&stores, &tenant, cmd, cli.json).await?,
-        Cmd::Profile { customer } => {
-            insight::profile(&stores, &tenant, &customer, cli.json).await?
-        }
+        Cmd::Profile { customer } => crm::profile(&stores, &tenant, &customer, cli.json).await?,
         Cmd::Offers {
             cmd:
                 OffersCmd::DryRun {
@@ -391,7 +389,7 @@ async fn run(cli: Cli) -> Result<()> {
                     channel,
                 },
         } => {
-            insight::dry_run(
+            crm::dry_run(
                 &stores,
                 &tenant,
                 offer_id.as_deref(),

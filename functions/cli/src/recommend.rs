@@ -12,7 +12,7 @@ use std::time::Duration;
 use affinity_model::model::Model;
 use affinity_service::answers::{Options, Recommendations};
 use affinity_service::catalog::CatalogView;
-use affinity_service::extract::K;
+use affinity_service::http::extract::K;
 use affinity_service::loader::{ModelCache, Serving};
 use affinity_service::settings::{DEFAULT_K, Settings};
 use affinity_store::{

@@ -3,9 +3,12 @@
 
 use std::net::SocketAddr;
 
+use affinity_service::http::state::AppState;
 use affinity_service::settings::Settings;
-use affinity_service::state::AppState;
-use affinity_service::{demo, host, routes, telemetry};
+use affinity_service::{
+    demo,
+    http::{host, routes, telemetry},
+};
 use affinity_store::{Scope, Stores, TenantId, generate_api_key};
 use anyhow::{Context, Result};
 

@@ -10,12 +10,14 @@ use affinity_store::{
     BlobKey, Consent, CustomerId, CustomerRecord, DeletionCounts, ErasureAudit, Stores, TenantId,
 };
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use utoipa::ToSchema;
 
 use crate::crm::{CrmSnapshot, SNAPSHOT_PREFIX};
 use crate::error::{Context, Error, Result};
-use crate::telemetry::CustomerHasher;
 
 /// What an erasure removed, per kind; all zero when the customer was already unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -169,4 +171,66 @@ pub async fn set_consent(
         .await
         .step("write the customer's consent")?;
     Ok(record)
+}
+
+/// Turns customer ids into a keyed hash (HMAC-SHA256, 16 hex chars) for logs: the same
+/// customer correlates across lines, but the id cannot be read or brute-forced without the
+/// key.
+#[derive(Clone)]
+pub struct CustomerHasher {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for CustomerHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomerHasher { .. }")
+    }
+}
+
+impl CustomerHasher {
+    /// Uses the configured key, or a random one (hashes then correlate within one process only).
+    pub fn new(key: Option<Vec<u8>>) -> Self {
+        let key = key.unwrap_or_else(|| {
+            let mut k = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut k);
+            k
+        });
+        Self { key }
+    }
+
+    /// The log-safe stand-in for a customer id.
+    pub fn tag(&self, customer: &str) -> String {
+        let mut full = self.full(customer);
+        full.truncate(16);
+        full
+    }
+
+    /// The whole keyed hash (64 hex chars): what an erasure audit record keeps, so a later
+    /// question "was this customer erased?" can be answered without storing the id.
+    pub fn full(&self, customer: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail; fall back to a constant tag.
+        match Hmac::<Sha256>::new_from_slice(&self.key) {
+            Ok(mut mac) => {
+                mac.update(customer.as_bytes());
+                hex::encode(mac.finalize().into_bytes())
+            }
+            Err(_) => "unhashable".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_tags_are_keyed_and_stable() {
+        let a = CustomerHasher::new(Some(vec![1; 32]));
+        let b = CustomerHasher::new(Some(vec![2; 32]));
+        assert_eq!(a.tag("jane@example.com"), a.tag("jane@example.com"));
+        assert_ne!(a.tag("jane@example.com"), b.tag("jane@example.com"));
+        assert_ne!(a.tag("jane@example.com"), a.tag("john@example.com"));
+        assert_eq!(a.tag("x").len(), 16);
+        assert!(!a.tag("jane@example.com").contains("jane"));
+    }
 }

@@ -19,25 +19,19 @@
 #![deny(missing_docs)]
 
 pub mod answers;
-pub mod auth;
 pub mod catalog;
 pub mod crm;
 pub mod customer_data;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
-pub mod extract;
 pub mod fallback;
-pub mod host;
+pub mod http;
 pub mod loader;
 pub mod metrics;
-pub mod ratelimit;
 pub mod report;
 pub mod retrain;
-pub mod routes;
 pub mod settings;
-pub mod state;
-pub mod telemetry;
 pub mod training;
 
 pub use error::{ApiError, Error, Result};

@@ -148,7 +148,7 @@ pub async fn publish(
     metrics: serde_json::Value,
 ) -> Result<ModelVersion> {
     // A test helper: no erasure audit to match, any key will do.
-    let hasher = crate::telemetry::CustomerHasher::new(None);
+    let hasher = crate::customer_data::CustomerHasher::new(None);
     crate::crm::write_snapshot(stores, tenant, model, &hasher).await?;
     crate::fallback::write(stores, tenant, model).await?;
     let m = model.to_bytes().step("encode artifact")?;

@@ -410,9 +410,9 @@ async fn raw_places_holding(h: &Harness, needle: &str) -> Vec<String> {
 /// offer events and a consent record: afterwards no row and no blob holds the id, the
 /// answer counted what went, and a repeat counts nothing.
 async fn erasure_leaves_no_row_or_blob_holding_the_customer(h: &Harness) {
-    use affinity_service::routes;
+    use affinity_service::http::routes;
+    use affinity_service::http::state::AppState;
     use affinity_service::settings::Settings;
-    use affinity_service::state::AppState;
     use tower::ServiceExt;
 
     let shop = demo::populate(h.stores.records.as_ref(), &h.tenant, 200, 11, now())

@@ -449,7 +449,7 @@ async fn train(
 /// Customer insight for the new version and its popularity fallback, beside the artifact.
 async fn insight(run: &mut Run<'_>, model: &Model) -> Result<()> {
     run.enter(Step::Insight)?;
-    let hasher = crate::telemetry::CustomerHasher::new(run.deps.settings.hash_key.clone());
+    let hasher = crate::customer_data::CustomerHasher::new(run.deps.settings.hash_key.clone());
     crm::write_snapshot(&run.deps.stores, run.tenant(), model, &hasher).await?;
     crate::fallback::write(&run.deps.stores, run.tenant(), model).await
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use affinity_model::model::TrainConfig;
 use affinity_service::demo::{self, DemoShop};
-use affinity_service::routes;
+use affinity_service::http::routes;
+use affinity_service::http::state::AppState;
 use affinity_service::settings::Settings;
-use affinity_service::state::AppState;
 use affinity_service::training;
 use affinity_store::{KeyId, Scope, Stores, TenantId, generate_api_key};
 use axum::Router;
@@ -94,7 +94,7 @@ async fn storefront_key(stores: &Stores, tenant: &TenantId) -> (KeyId, String) {
 /// A storefront token of the fixture's tenant for `customer`, expiring `ttl` seconds from now.
 pub fn token(app: &App, customer: &str, ttl: i64) -> String {
     let (key_id, secret) = &app.keys.storefront;
-    affinity_service::auth::StorefrontToken::sign(
+    affinity_service::http::auth::StorefrontToken::sign(
         &app.tenant,
         key_id,
         secret,

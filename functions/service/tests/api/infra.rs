@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use affinity_service::http::state::AppState;
 use affinity_service::metrics::{Metrics, MetricsConfig};
 use affinity_service::retrain::{self, RetrainDeps, RetrainRequest};
 use affinity_service::settings::Settings;
-use affinity_service::state::AppState;
 use affinity_store::Backend;
 use serde_json::Value as Json;
 use yaml_serde::Value;
@@ -295,7 +295,7 @@ async fn alarms_watch_metrics_the_code_emits() {
     // A request through the router and a retrain run, with metrics on.
     let app = App::new().await;
     let state = AppState::with_metrics(app.stores.clone(), &Settings::for_tests(), metrics.clone());
-    let router = affinity_service::routes::router(state);
+    let router = affinity_service::http::routes::router(state);
     let item = app.shop.example_item.clone();
     let req = axum::http::Request::builder()
         .uri(format!("/v1/items/{item}/similar"))

@@ -194,8 +194,8 @@ async fn broken(
     version: &str,
     breakage: &str,
 ) -> (axum::Router, String, affinity_store::ModelVersion, Vec<u8>) {
+    use affinity_service::http::state::AppState;
     use affinity_service::settings::Settings;
-    use affinity_service::state::AppState;
     let v = stores
         .records
         .get_model(tenant, &ModelVersionId::parse(version).unwrap())
@@ -221,7 +221,7 @@ async fn broken(
     )
     .unwrap();
     stores.records.create_key(&key.record).await.unwrap();
-    let router = affinity_service::routes::router(AppState::new(stores.clone(), &settings));
+    let router = affinity_service::http::routes::router(AppState::new(stores.clone(), &settings));
     (router, key.secret, v, good)
 }
 

@@ -42,7 +42,7 @@ fn concrete(path: &str) -> String {
 
 #[test]
 fn committed_document_is_the_generated_one() {
-    let generated = affinity_service::routes::openapi_json();
+    let generated = affinity_service::http::routes::openapi_json();
     let path = committed_path();
     if std::env::var_os("AFFINITY_UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, format!("{generated}\n")).unwrap();
@@ -106,11 +106,11 @@ async fn every_documented_operation_is_routed_and_nothing_else_is() {
 /// document, so a route added outside the OpenAPI registration fails here.
 #[test]
 fn every_route_of_the_router_is_documented() {
-    let state = affinity_service::state::AppState::new(
+    let state = affinity_service::http::state::AppState::new(
         affinity_store::Stores::memory().unwrap(),
         &affinity_service::settings::Settings::for_tests(),
     );
-    let debug = format!("{:?}", affinity_service::routes::router(state));
+    let debug = format!("{:?}", affinity_service::http::routes::router(state));
     let mut routed = BTreeSet::new();
     for piece in debug.split('"') {
         if piece.starts_with("/v1/") {
@@ -167,7 +167,7 @@ fn v1_paths(text: &str) -> Vec<String> {
 #[test]
 fn every_route_the_docs_name_exists() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let doc: Value = serde_json::from_str(affinity_service::routes::openapi_json()).unwrap();
+    let doc: Value = serde_json::from_str(affinity_service::http::routes::openapi_json()).unwrap();
     let routes: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
     let mut files = vec![root.join("README.md")];
     for entry in std::fs::read_dir(root.join("docs")).unwrap() {

@@ -1,9 +1,9 @@
 //! Customers' data rights through the router: consent per use obeyed by every route, and
 //! erasure that leaves the customer unknown to every route, on this instance and another.
 
-use affinity_service::routes;
+use affinity_service::http::routes;
+use affinity_service::http::state::AppState;
 use affinity_service::settings::Settings;
-use affinity_service::state::AppState;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
@@ -260,7 +260,7 @@ async fn insight_written_after_an_erasure_leaves_the_erased_customer_out() {
     let serving = crate::fixture::serving(&app).await;
     // The erasure's audit record, as the API writes it, while the rows are still there (the
     // retrain read them before they were deleted).
-    let hasher = affinity_service::telemetry::CustomerHasher::new(Some(vec![7; 32]));
+    let hasher = affinity_service::customer_data::CustomerHasher::new(Some(vec![7; 32]));
     app.stores
         .records
         .put_erasure_audit(

@@ -8,13 +8,13 @@ use std::num::NonZeroU32;
 
 use affinity_model::model::{IndexChoice, TrainConfig};
 use affinity_service::demo;
+use affinity_service::http::routes;
+use affinity_service::http::state::AppState;
 use affinity_service::report::{self, num};
 use affinity_service::retrain::{
     self, RetrainDeps, RetrainRequest, RetrainSettings, VersionMetrics, versions,
 };
-use affinity_service::routes;
 use affinity_service::settings::Settings;
-use affinity_service::state::AppState;
 use affinity_store::{
     Channel, CustomerId, EventId, OfferEvent, OfferEventKind, OfferId, OrderId, Purchase, Scope,
     Stores, TenantId, generate_api_key,

@@ -103,7 +103,7 @@ fn example(app: &App, method: &str, path: &str, customer: &str) -> (String, Opti
 }
 
 fn operations() -> Vec<(String, String)> {
-    let doc: Value = serde_json::from_str(affinity_service::routes::openapi_json()).unwrap();
+    let doc: Value = serde_json::from_str(affinity_service::http::routes::openapi_json()).unwrap();
     let mut ops = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -301,7 +301,7 @@ async fn storefront_tokens_answer_only_their_customer_until_they_expire() {
 
     // Wrong tenant: signed correctly, but with the other tenant's key while naming ours.
     let (other_id, other_secret) = &app.keys.other_storefront;
-    let wrong = affinity_service::auth::StorefrontToken::sign(
+    let wrong = affinity_service::http::auth::StorefrontToken::sign(
         &app.tenant,
         other_id,
         other_secret,

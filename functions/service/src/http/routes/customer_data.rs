@@ -10,12 +10,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
 use crate::customer_data::{self, Erasure};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, Id, store_reason};
-use crate::routes::insight::ConsentOut;
-use crate::state::AppState;
+use crate::http::auth::Caller;
+use crate::http::extract::{ApiJson, ApiPath, Id, store_reason};
+use crate::http::routes::crm::ConsentOut;
+use crate::http::state::AppState;
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -1,5 +1,5 @@
 //! `affinity profile <customer>` and `affinity offers dry-run`: the data team's view of
-//! customer insight, read from the live model version and its CRM snapshot in the store.
+//! the customer's CRM figures, read from the live model version and its CRM snapshot.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -12,12 +12,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::answers::{Options, Recommendations};
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiPath, ApiQuery, ExcludedId, Id, K, exclude_list, store_reason};
+use crate::http::auth::Caller;
+use crate::http::extract::{ApiPath, ApiQuery, ExcludedId, Id, K, exclude_list, store_reason};
+use crate::http::state::AppState;
+use crate::http::telemetry::{CustomerTag, ModelVersionTag};
 use crate::settings::DEFAULT_K;
-use crate::state::AppState;
-use crate::telemetry::{CustomerTag, ModelVersionTag};
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {

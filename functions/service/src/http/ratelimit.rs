@@ -10,8 +10,8 @@ use affinity_store::KeyId;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::http::auth::Caller;
 
 /// The expensive route groups, each with a bucket of its own per key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,6 +1,6 @@
 //! Logs: JSON lines on Lambda, pretty locally; one line per request with request id,
 //! route, status, latency and model version. Customer ids appear only as a keyed hash
-//! ([`CustomerHasher`]), never in clear.
+//! ([`crate::customer_data::CustomerHasher`]), never in clear.
 
 use std::time::Instant;
 
@@ -8,9 +8,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use hmac::{Hmac, Mac};
-use rand::RngCore;
-use sha2::Sha256;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
@@ -32,52 +29,6 @@ pub fn init(settings: &Settings) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
-}
-
-/// Turns customer ids into a keyed hash (HMAC-SHA256, 16 hex chars) for logs: the same
-/// customer correlates across lines, but the id cannot be read or brute-forced without the
-/// key.
-#[derive(Clone)]
-pub struct CustomerHasher {
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for CustomerHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CustomerHasher { .. }")
-    }
-}
-
-impl CustomerHasher {
-    /// Uses the configured key, or a random one (hashes then correlate within one process only).
-    pub fn new(key: Option<Vec<u8>>) -> Self {
-        let key = key.unwrap_or_else(|| {
-            let mut k = vec![0u8; 32];
-            rand::rng().fill_bytes(&mut k);
-            k
-        });
-        Self { key }
-    }
-
-    /// The log-safe stand-in for a customer id.
-    pub fn tag(&self, customer: &str) -> String {
-        let mut full = self.full(customer);
-        full.truncate(16);
-        full
-    }
-
-    /// The whole keyed hash (64 hex chars): what an erasure audit record keeps, so a later
-    /// question "was this customer erased?" can be answered without storing the id.
-    pub fn full(&self, customer: &str) -> String {
-        // HMAC accepts keys of any length, so this cannot fail; fall back to a constant tag.
-        match Hmac::<Sha256>::new_from_slice(&self.key) {
-            Ok(mut mac) => {
-                mac.update(customer.as_bytes());
-                hex::encode(mac.finalize().into_bytes())
-            }
-            Err(_) => "unhashable".into(),
-        }
-    }
 }
 
 /// Set by handlers on their response so the request log line names the model that answered.
@@ -104,7 +55,7 @@ fn request_id(req: &Request) -> String {
 /// Middleware: a span per request, one log line when it is answered, and its latency and
 /// 5xx count as metrics (per route template).
 pub async fn log_requests(
-    State(state): State<crate::state::AppState>,
+    State(state): State<crate::http::state::AppState>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -149,20 +100,4 @@ pub async fn log_requests(
         res.headers_mut().insert("x-request-id", v);
     }
     res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn customer_tags_are_keyed_and_stable() {
-        let a = CustomerHasher::new(Some(vec![1; 32]));
-        let b = CustomerHasher::new(Some(vec![2; 32]));
-        assert_eq!(a.tag("jane@example.com"), a.tag("jane@example.com"));
-        assert_ne!(a.tag("jane@example.com"), b.tag("jane@example.com"));
-        assert_ne!(a.tag("jane@example.com"), a.tag("john@example.com"));
-        assert_eq!(a.tag("x").len(), 16);
-        assert!(!a.tag("jane@example.com").contains("jane"));
-    }
 }

@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {

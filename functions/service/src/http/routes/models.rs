@@ -27,15 +27,15 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, Id, store_reason};
-use crate::ratelimit::Expensive;
+use crate::http::auth::Caller;
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, Id, store_reason};
+use crate::http::ratelimit::Expensive;
+use crate::http::state::AppState;
+use crate::http::telemetry::ModelVersionTag;
 use crate::retrain::trigger::Mode;
 use crate::retrain::versions::{self, VersionView};
 use crate::retrain::{RetrainRequest, TrainParams, TuneRequest, new_job_id};
-use crate::state::AppState;
-use crate::telemetry::ModelVersionTag;
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {

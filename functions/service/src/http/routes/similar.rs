@@ -11,14 +11,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::answers::{Options, Recommendations};
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{
+use crate::http::auth::Caller;
+use crate::http::extract::{
     ApiJson, ApiPath, ApiQuery, ExcludedId, Id, K, batch_len, exclude_list, item_id,
 };
+use crate::http::state::AppState;
+use crate::http::telemetry::ModelVersionTag;
 use crate::settings::{DEFAULT_K, Limits};
-use crate::state::AppState;
-use crate::telemetry::ModelVersionTag;
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use affinity_store::Stores;
 
-use crate::auth::KeyCache;
+use crate::customer_data::CustomerHasher;
+use crate::http::auth::KeyCache;
+use crate::http::ratelimit::RateLimits;
 use crate::loader::ModelCache;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimits;
 use crate::retrain::trigger::Retrainer;
 use crate::settings::{Limits, Settings};
-use crate::telemetry::CustomerHasher;
 
 /// Application state, cheap to clone into each request.
 #[derive(Clone, Debug)]

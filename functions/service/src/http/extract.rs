@@ -21,8 +21,8 @@ use utoipa::openapi::{RefOr, schema};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::error::{ApiError, clip};
+use crate::http::state::AppState;
 use crate::settings::MAX_K;
-use crate::state::AppState;
 
 /// Longest rejection detail echoed back (it may quote hostile input).
 const MAX_DETAIL: usize = 300;

@@ -22,17 +22,17 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
-use crate::crm;
+use crate::crm::{self, Response, response_by_tier};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{
+use crate::http::auth::Caller;
+use crate::http::extract::{
     ApiJson, ApiPath, ChannelName, Id, batch_len, lenient_rows, store_reason, string_enum,
 };
-use crate::ratelimit::Expensive;
-use crate::routes::ingest::{BatchResult, RowResult, parse_rows};
-use crate::routes::insight::{insight, parse_channel};
+use crate::http::ratelimit::Expensive;
+use crate::http::routes::crm::{crm_version, parse_channel};
+use crate::http::routes::ingest::{BatchResult, RowResult, parse_rows};
+use crate::http::state::AppState;
 use crate::settings::Limits;
-use crate::state::AppState;
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -446,47 +446,6 @@ fn to_event(e: &EventIn, now: DateTime<Utc>) -> OfferEvent {
     }
 }
 
-/// Response counts of one group of customers.
-#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Response {
-    /// Contacts.
-    pub shown: u64,
-    /// Acceptances.
-    pub accepted: u64,
-    /// Refusals.
-    pub declined: u64,
-    /// accepted / shown (None before the first contact).
-    pub acceptance_rate: Option<f64>,
-}
-
-impl Response {
-    pub(crate) fn add(&mut self, kind: OfferEventKind) {
-        match kind {
-            OfferEventKind::Shown => self.shown += 1,
-            OfferEventKind::Accepted => self.accepted += 1,
-            OfferEventKind::Declined => self.declined += 1,
-        }
-        self.acceptance_rate = (self.shown > 0).then(|| self.accepted as f64 / self.shown as f64);
-    }
-}
-
-/// Response counts of `events`, overall and by each customer's tier in `snapshot` (a
-/// customer the snapshot does not know counts in the newcomers' tier): the figures of the
-/// offer report, and of the model report's offer response plot.
-pub fn response_by_tier(
-    events: &[OfferEvent],
-    snapshot: &crm::CrmSnapshot,
-) -> (Response, BTreeMap<String, Response>) {
-    let mut total = Response::default();
-    let mut by_tier: BTreeMap<String, Response> = BTreeMap::new();
-    for e in events {
-        total.add(e.kind);
-        let tier = snapshot.profile(e.customer_id.as_str()).tier;
-        by_tier.entry(tier).or_default().add(e.kind);
-    }
-    (total, by_tier)
-}
-
 /// How an offer has done, overall and by the customers' current tier.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OfferReport {
@@ -525,7 +484,7 @@ async fn offer_report(
     caller.require(Scope::OffersManage)?;
     state.rate_limits.check(&caller, Expensive::Reports)?;
     let record = read_offer(&state, &caller, &raw).await?;
-    let (serving, snapshot) = insight(&state, &caller).await?;
+    let (serving, snapshot) = crm_version(&state, &caller).await?;
     let events = state
         .stores
         .records
@@ -621,7 +580,7 @@ async fn dry_run(
             ));
         }
     };
-    let (serving, snapshot) = insight(&state, &caller).await?;
+    let (serving, snapshot) = crm_version(&state, &caller).await?;
     let d = crm::dry_run(
         state.stores.records.as_ref(),
         &caller.tenant,

@@ -19,11 +19,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, Id, batch_len, lenient_rows, store_reason};
+use crate::http::auth::Caller;
+use crate::http::extract::{ApiJson, Id, batch_len, lenient_rows, store_reason};
+use crate::http::state::AppState;
 use crate::settings::Limits;
-use crate::state::AppState;
 
 /// Routes of this group.
 pub fn routes() -> OpenApiRouter<AppState> {

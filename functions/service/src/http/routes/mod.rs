@@ -16,14 +16,14 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
+pub mod crm;
 pub mod customer_data;
 pub mod customers;
 pub mod docs;
 pub mod health;
 pub mod ingest;
-pub mod insight;
 pub mod models;
 pub mod offers;
 pub mod similar;
@@ -42,8 +42,8 @@ pub const SECURITY: &str = "api_key";
     modifiers(&BearerKey),
     components(schemas(
         ErrorBody,
-        crate::extract::Id,
-        crate::extract::ExcludedId,
+        crate::http::extract::Id,
+        crate::http::extract::ExcludedId,
         ingest::PurchaseIn,
         ingest::ItemIn,
         offers::EventIn
@@ -151,7 +151,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(ingest::routes())
         .merge(models::routes())
         .merge(offers::routes())
-        .merge(insight::routes())
+        .merge(crm::routes())
 }
 
 /// The OpenAPI document of exactly the routes [`router`] serves.
@@ -184,7 +184,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::telemetry::log_requests,
+            crate::http::telemetry::log_requests,
         ))
         .with_state(state)
 }

@@ -1,5 +1,5 @@
-//! Customer insight and next best offers, all answered from one model version and the CRM
-//! snapshot computed with it: a customer's next best offers (`offers` scope), the same for
+//! The CRM routes, all answered from one model version and the CRM snapshot computed with
+//! it: a customer's next best offers (`offers` scope), the same for
 //! up to 1,000 customers at once, an item's audience, and a customer's profile
 //! (`recommend` or `offers` scope).
 
@@ -17,15 +17,15 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
 use crate::crm::{self, CrmSnapshot, DueKey};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{
+use crate::http::auth::Caller;
+use crate::http::extract::{
     ApiJson, ApiPath, ApiQuery, ChannelName, Id, batch_len, item_id, store_reason,
 };
+use crate::http::ratelimit::Expensive;
+use crate::http::state::AppState;
 use crate::loader::Serving;
-use crate::ratelimit::Expensive;
-use crate::state::AppState;
 
 /// Most customers in one batch call.
 pub const MAX_BATCH_CUSTOMERS: usize = 1000;
@@ -46,7 +46,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The serving model and its CRM snapshot: one version for the whole request.
-pub(crate) async fn insight(
+pub(crate) async fn crm_version(
     state: &AppState,
     caller: &Caller,
 ) -> Result<(Arc<Serving>, Arc<CrmSnapshot>), ApiError> {
@@ -313,7 +313,7 @@ async fn customer_offers(
     let customer =
         CustomerId::parse(raw).map_err(|e| ApiError::field("customer_id", store_reason(e)))?;
     let request = offer_request(&q.channel, q.limit, q.allow_same_category)?;
-    let (serving, snapshot) = insight(&state, &caller).await?;
+    let (serving, snapshot) = crm_version(&state, &caller).await?;
     let records = state.stores.records.as_ref();
     let model = &serving.model;
     let engine = engine(&state, &caller, model, &snapshot).await?;
@@ -402,7 +402,7 @@ async fn batch_offers(
         })
         .collect::<Result<_, _>>()?;
     let request = offer_request(&body.channel, body.limit, body.allow_same_category)?;
-    let (serving, snapshot) = insight(&state, &caller).await?;
+    let (serving, snapshot) = crm_version(&state, &caller).await?;
     let records = state.stores.records.as_ref();
     let model = &serving.model;
     let engine = engine(&state, &caller, model, &snapshot).await?;
@@ -505,7 +505,7 @@ async fn item_audience(
     state.rate_limits.check(&caller, Expensive::Audience)?;
     let item = item_id("item_id", &raw)?;
     let n = limit(q.limit, 100, MAX_AUDIENCE)?;
-    let (serving, snapshot) = insight(&state, &caller).await?;
+    let (serving, snapshot) = crm_version(&state, &caller).await?;
     let model = &serving.model;
     let idx = model
         .item_index(item.as_str())
@@ -646,7 +646,7 @@ async fn customer_profile(
     caller.require(Scope::ProfilesRead)?;
     let customer =
         CustomerId::parse(raw).map_err(|e| ApiError::field("customer_id", store_reason(e)))?;
-    let (serving, snapshot) = insight(&state, &caller).await?;
+    let (serving, snapshot) = crm_version(&state, &caller).await?;
     let model = &serving.model;
     let data = crm::read_customer(
         state.stores.records.as_ref(),

@@ -29,7 +29,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Longest bearer token accepted before any lookup (a storefront token with a 128-char
 /// customer id fits).
