@@ -288,20 +288,10 @@ pub async fn start(deps: RetrainDeps, request: RetrainRequest) -> Result<Started
     let run = async move {
         let result = match opened {
             Opened::Finished(job) => replay(&deps, &tenant, &job).await,
-            Opened::Started(at) => match version_id(&job_id, at) {
-                Ok(version) => {
-                    let mut run = Run {
-                        deps: &deps,
-                        request: &request,
-                        job_id: &job_id,
-                        lease: &lease,
-                        clock: &mut clock,
-                        version,
-                    };
-                    locked(&mut run, config).await
-                }
-                Err(e) => Err(e),
-            },
+            Opened::Started(at) => {
+                let run = Run::new(&deps, &request, &job_id, &lease, &mut clock, at);
+                locked(run, config).await
+            }
         };
         settle(&deps, &tenant, &job_id, lease, &mut clock, result).await
     };

@@ -47,20 +47,10 @@ pub(super) async fn run(
     let lease = take_lock(deps, tenant, &job_id, &mut clock).await?;
     let result = match open_job(deps, tenant, &job_id).await {
         Ok(Opened::Finished(job)) => replay(deps, tenant, &job).await,
-        Ok(Opened::Started(at)) => match version_id(&job_id, at) {
-            Ok(version) => {
-                let mut run = Run {
-                    deps,
-                    request,
-                    job_id: &job_id,
-                    lease: &lease,
-                    clock: &mut clock,
-                    version,
-                };
-                locked(&mut run, config).await
-            }
-            Err(e) => Err(e),
-        },
+        Ok(Opened::Started(at)) => {
+            let run = Run::new(deps, request, &job_id, &lease, &mut clock, at);
+            locked(run, config).await
+        }
         Err(e) => Err(e),
     };
     settle(deps, tenant, &job_id, lease, &mut clock, result).await
@@ -131,7 +121,27 @@ pub(super) struct Run<'a> {
     pub version: ModelVersionId,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// The run of `job_id`, started at `started_at` (an unfinished job resumed keeps its
+    /// first start, so its version id stays the same).
+    pub(super) fn new(
+        deps: &'a RetrainDeps,
+        request: &'a RetrainRequest,
+        job_id: &'a JobId,
+        lease: &'a Lease,
+        clock: &'a mut Clock,
+        started_at: DateTime<Utc>,
+    ) -> Result<Self> {
+        Ok(Self {
+            deps,
+            request,
+            job_id,
+            lease,
+            clock,
+            version: version_id(job_id, started_at)?,
+        })
+    }
+
     fn tenant(&self) -> &TenantId {
         &self.request.tenant
     }
@@ -169,7 +179,8 @@ struct Judged {
 
 /// Everything done while holding the lock, after the job record is open: the steps in
 /// order, each a function of its own below.
-pub(super) async fn locked(run: &mut Run<'_>, config: TrainConfig) -> Result<Outcome> {
+pub(super) async fn locked(run: Result<Run<'_>>, config: TrainConfig) -> Result<Outcome> {
+    let run = &mut run?;
     if let Some(entry) = registered(run).await? {
         tracing::info!(version = %run.version, "version already registered: completing without training");
         let metrics = VersionMetrics::of(&entry)?;
