@@ -39,7 +39,7 @@ trap cleanup EXIT
 # A fresh demo shop in a temp data dir; the development key is printed once, on its own line.
 # The per-key rate limit of the expensive routes is off here: schemathesis sends hundreds of
 # valid requests to each, and a 429 is not what this check is about (the limit and its
-# Retry-After are tested in functions/service/tests/api/scopes.rs).
+# Retry-After are tested in libs/service/tests/api/scopes.rs).
 AFFINITY_RATE_LIMIT_PER_MIN=0 AFFINITY_DATA_DIR="$WORK/data" "$BIN" serve --demo --addr "127.0.0.1:$PORT" \
   </dev/null >"$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
@@ -57,7 +57,7 @@ echo "==> schemathesis $SCHEMATHESIS_VERSION against the demo server on 127.0.0.
 
 # POST /v1/models:retrain is left out: every accepted request starts a real training run
 # (up to 1024 factors x 1000 iterations), which would keep both cores busy for the rest of
-# the check; its contract is covered by the api tests (functions/service/tests/api/models.rs).
+# the check; its contract is covered by the api tests (libs/service/tests/api/models.rs).
 # scripts/schemathesis.toml holds the one documented exception (the offer document). One
 # worker: with several, hypothesis parses lambdas from threads, which CPython 3.11 can fail
 # ("AST constructor recursion depth mismatch"), a runtime error of the tool, not of the API.

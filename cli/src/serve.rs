@@ -84,7 +84,7 @@ async fn populate(stores: &Stores, tenant: &TenantId) -> Result<()> {
 
 /// The README, whose tour block is the one list of example requests: `serve --demo` prints
 /// it and CI runs it against the demo server, so neither can drift from the other.
-const README: &str = include_str!("../../../README.md");
+const README: &str = include_str!("../../README.md");
 
 /// The lines of the README's tour block (between `<!-- tour:begin` and `<!-- tour:end -->`,
 /// inside its ```` ```sh ```` fence): `#` comments and one-line curl commands using `$KEY`

@@ -582,7 +582,7 @@ impl Drop for Server {
 
 /// The README's tour block: `#` comments and one-line curl commands.
 fn readme_tour() -> Vec<String> {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../README.md");
     let (_, after) = readme.split_once("<!-- tour:begin").unwrap();
     let (block, _) = after.split_once("<!-- tour:end -->").unwrap();
     let (_, fenced) = block.split_once("```sh\n").unwrap();

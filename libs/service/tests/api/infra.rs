@@ -101,7 +101,9 @@ fn resolve(doc: &Value, name: &str, v: &Value) -> String {
 /// tracing read it.
 fn names_read_by_the_code() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut todo = vec![root().join("functions"), root().join("model")];
+    let mut todo = ["functions", "libs", "cli", "model"]
+        .map(|d| root().join(d))
+        .to_vec();
     while let Some(dir) = todo.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
