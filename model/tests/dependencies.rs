@@ -4,7 +4,10 @@
 //! this test until it is added to `DIRECT` below, after a look at what it does.
 
 use std::collections::BTreeSet;
-use std::process::Command;
+
+#[path = "support/cargo_tree.rs"]
+mod support;
+use support::cargo_tree;
 
 /// Every crate `affinity-model` may depend on directly (not dev-dependencies): computation,
 /// encoding and checksums.
@@ -56,20 +59,7 @@ const FORBIDDEN: &[&str] = &[
 /// Package names in `cargo tree` output for the model's normal (non-dev, non-build) edges.
 fn tree(depth: Option<usize>) -> BTreeSet<String> {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["tree", "--offline", "--manifest-path", manifest])
-        .args(["-p", "affinity-model", "-e", "normal"])
-        .args(["--prefix", "none", "-f", "{p}"]);
-    if let Some(depth) = depth {
-        cmd.args(["--depth", &depth.to_string()]);
-    }
-    let out = cmd.output().expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    cargo_tree(manifest, "affinity-model", "normal", depth)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .filter(|name| *name != "affinity-model")

@@ -1,22 +1,14 @@
 //! The Lambda functions carry no CLI-only code: the demo shop generator (the service's
 //! `demo` feature) and the CLI's presentation crates stay out of both deployed binaries.
 
-use std::process::Command;
+#[path = "../../../model/tests/support/cargo_tree.rs"]
+mod support;
+use support::cargo_tree;
 
 /// `cargo tree` lines (package and feature nodes) of `package`'s normal build, as deployed.
 fn tree(package: &str) -> String {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let out = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "--manifest-path", manifest])
-        .args(["-p", package, "-e", "normal,features", "--prefix", "none"])
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cargo_tree(manifest, package, "normal,features", None)
 }
 
 #[test]
