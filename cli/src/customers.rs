@@ -3,6 +3,7 @@
 
 use affinity_service::customer_data;
 use affinity_service::customer_data::CustomerHasher;
+use affinity_service::settings::Settings;
 use affinity_store::{Consent, CustomerId, Stores, TenantId};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -15,9 +16,9 @@ pub enum CustomersCmd {
     Delete {
         /// The customer id.
         customer: String,
-        /// Key of the keyed hash kept in the audit record (hex); use the deployment's
-        /// AFFINITY_LOG_HASH_KEY so audit records can be matched across processes.
-        #[arg(long, env = "AFFINITY_LOG_HASH_KEY", hide_env_values = true)]
+        /// Key of the keyed hash kept in the audit record (hex); default: the deployment's
+        /// `--log-hash-key` / AFFINITY_LOG_HASH_KEY, so audit records match across processes.
+        #[arg(long)]
         hash_key: Option<String>,
         /// Who asks, for the audit record.
         #[arg(long, env = "USER", default_value = "unknown")]
@@ -37,7 +38,13 @@ pub enum CustomersCmd {
 }
 
 /// Runs one `customers` command against the configured store.
-pub async fn run(stores: &Stores, tenant: &TenantId, cmd: CustomersCmd, json: bool) -> Result<()> {
+pub async fn run(
+    stores: &Stores,
+    tenant: &TenantId,
+    settings: &Settings,
+    cmd: CustomersCmd,
+    json: bool,
+) -> Result<()> {
     match cmd {
         CustomersCmd::Delete {
             customer,
@@ -45,10 +52,10 @@ pub async fn run(stores: &Stores, tenant: &TenantId, cmd: CustomersCmd, json: bo
             actor,
         } => {
             let id = CustomerId::parse(customer).context("customer id")?;
-            let key = hash_key
-                .filter(|k| !k.is_empty())
-                .map(|k| hex::decode(k).context("--hash-key must be hex"))
-                .transpose()?;
+            let key = match hash_key.filter(|k| !k.is_empty()) {
+                Some(k) => Some(hex::decode(k).context("--hash-key must be hex")?),
+                None => settings.retrain.hash_key.clone(),
+            };
             let erased = customer_data::erase_customer(
                 stores,
                 &CustomerHasher::new(key),

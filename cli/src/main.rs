@@ -19,12 +19,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use affinity_service::config::Config;
 use affinity_service::demo;
 use affinity_service::retrain::{
     self, Outcome, Progress, RetrainDeps, RetrainRequest, RetrainSettings, versions,
 };
 use affinity_store::import::{self, ImportOptions};
-use affinity_store::{Backend, JobId, ModelVersionId, Stores, TenantId};
+use affinity_store::{JobId, ModelVersionId, Stores, TenantId};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -48,6 +49,8 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    config: Config,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -302,7 +305,8 @@ async fn run(cli: Cli) -> Result<()> {
         return eval::run(args, cli.json);
     }
     let tenant = TenantId::parse(cli.tenant.clone()).context("--tenant")?;
-    let stores = Stores::open(&Backend::from_env()?)
+    let settings = cli.config.settings()?;
+    let stores = Stores::open(&settings.backend)
         .await
         .context("open store")?;
     match cli.cmd {
@@ -348,7 +352,7 @@ async fn run(cli: Cli) -> Result<()> {
         // Answered above, before a store is opened.
         Cmd::Clv { .. } => {}
         Cmd::Train { train, out } => {
-            let outcome = retrain_now(&stores, request(&tenant, train)?).await?;
+            let outcome = retrain_now(&stores, &settings.retrain, request(&tenant, train)?).await?;
             if let Some(path) = out {
                 let bytes = stores.blobs.get(&tenant, &outcome.artifact_key).await?;
                 std::fs::write(&path, &bytes)
@@ -356,8 +360,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             print_outcome(&outcome, cli.json)?;
         }
-        Cmd::Serve { addr, demo } => serve::run(stores, &tenant, addr, demo).await?,
-        Cmd::Recommend(args) => recommend::run(&stores, &tenant, args, cli.json).await?,
+        Cmd::Serve { addr, demo } => {
+            serve::run(stores, &tenant, settings.clone(), addr, demo).await?
+        }
+        Cmd::Recommend(args) => recommend::run(&stores, &tenant, &settings, args, cli.json).await?,
         Cmd::Keys { cmd } => match cmd {
             KeysCmd::Create {
                 scopes,
@@ -379,7 +385,9 @@ async fn run(cli: Cli) -> Result<()> {
             KeysCmd::Revoke { key_id } => keys::revoke(&stores, &tenant, &key_id, cli.json).await?,
             KeysCmd::List => keys::list(&stores, &tenant, cli.json).await?,
         },
-        Cmd::Customers { cmd } => customers::run(&stores, &tenant, cmd, cli.json).await?,
+        Cmd::Customers { cmd } => {
+            customers::run(&stores, &tenant, &settings, cmd, cli.json).await?
+        }
         Cmd::Profile { customer } => crm::profile(&stores, &tenant, &customer, cli.json).await?,
         Cmd::Offers {
             cmd:
@@ -464,7 +472,12 @@ async fn run(cli: Cli) -> Result<()> {
                 "demo shop: {} items, {} customers, {} purchase lines",
                 shop.items, shop.customers, shop.purchases
             );
-            let outcome = retrain_now(&stores, RetrainRequest::new(tenant.clone())).await?;
+            let outcome = retrain_now(
+                &stores,
+                &settings.retrain,
+                RetrainRequest::new(tenant.clone()),
+            )
+            .await?;
             print_outcome(&outcome, cli.json)?;
             let (_, model) = versions::load_live(&stores, &tenant)
                 .await?
@@ -493,7 +506,11 @@ pub(crate) fn bar(len: Option<u64>, unit: &str) -> ProgressBar {
 }
 
 /// Runs the retrain pipeline with a progress bar on stderr.
-pub(crate) async fn retrain_now(stores: &Stores, request: RetrainRequest) -> Result<Outcome> {
+pub(crate) async fn retrain_now(
+    stores: &Stores,
+    settings: &RetrainSettings,
+    request: RetrainRequest,
+) -> Result<Outcome> {
     let bar = Arc::new(bar(Some(1), "iterations"));
     let b = Arc::clone(&bar);
     let progress = Arc::new(move |p: Progress| match p {
@@ -507,8 +524,7 @@ pub(crate) async fn retrain_now(stores: &Stores, request: RetrainRequest) -> Res
             b.set_position(n as u64);
         }
     });
-    let deps =
-        RetrainDeps::new(stores.clone(), RetrainSettings::from_env()?).with_progress(progress);
+    let deps = RetrainDeps::new(stores.clone(), settings.clone()).with_progress(progress);
     let outcome = retrain::run_once(&deps, request).await;
     bar.finish_and_clear();
     Ok(outcome?)

@@ -74,6 +74,7 @@ struct Line<'a> {
 pub async fn run(
     stores: &Stores,
     tenant: &TenantId,
+    settings: &Settings,
     args: RecommendArgs,
     json: bool,
 ) -> Result<()> {
@@ -94,10 +95,7 @@ pub async fn run(
             .await
             .context("load the live model (train one with `affinity train`, or pass --model)")?,
     };
-    let history = Settings::from_env()
-        .context("read settings")?
-        .limits
-        .history;
+    let history = settings.limits.history;
     let options = Options {
         k: args.k,
         category: None,

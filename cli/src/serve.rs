@@ -16,10 +16,10 @@ use anyhow::{Context, Result};
 pub async fn run(
     stores: Stores,
     tenant: &TenantId,
+    mut settings: Settings,
     addr: Option<SocketAddr>,
     with_demo: bool,
 ) -> Result<()> {
-    let mut settings = Settings::from_env().context("read settings")?;
     if let Some(a) = addr {
         settings.addr = a;
     }
@@ -33,6 +33,7 @@ pub async fn run(
         populate(&stores, tenant).await?;
         let outcome = crate::retrain_now(
             &stores,
+            &settings.retrain,
             affinity_service::retrain::RetrainRequest::new(tenant.clone()),
         )
         .await

@@ -34,7 +34,7 @@ pub enum Error {
     #[error("setting {name}: {reason}")]
     Setting {
         /// Variable name.
-        name: &'static str,
+        name: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -145,9 +145,9 @@ pub enum Error {
 
 impl Error {
     /// Builds a `Setting` error.
-    pub fn setting(name: &'static str, reason: impl Into<String>) -> Self {
+    pub fn setting(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Setting {
-            name,
+            name: name.into(),
             reason: reason.into(),
         }
     }

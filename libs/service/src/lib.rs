@@ -20,6 +20,7 @@
 
 pub mod answers;
 pub mod catalog;
+pub mod config;
 pub mod crm;
 pub mod customer_data;
 #[cfg(feature = "demo")]

@@ -31,8 +31,8 @@ pub const STACK_DIMENSION: &str = "Stack";
 /// The extra dimension of the request metrics.
 pub const ROUTE_DIMENSION: &str = "Route";
 
-/// Where the metrics go, as read from the environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where the metrics go (see [`crate::config::Config::metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// CloudWatch namespace (`AFFINITY_METRICS_NAMESPACE`); None turns metrics off.
     pub namespace: Option<String>,
@@ -40,14 +40,11 @@ pub struct MetricsConfig {
     pub stack: String,
 }
 
-impl MetricsConfig {
-    /// Reads `AFFINITY_METRICS_NAMESPACE` and `AFFINITY_STACK` through `get`.
-    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Self {
+impl Default for MetricsConfig {
+    fn default() -> Self {
         Self {
-            namespace: get("AFFINITY_METRICS_NAMESPACE").filter(|n| !n.trim().is_empty()),
-            stack: get("AFFINITY_STACK")
-                .filter(|s| !s.trim().is_empty())
-                .unwrap_or_else(|| "local".into()),
+            namespace: None,
+            stack: "local".into(),
         }
     }
 }
@@ -219,7 +216,7 @@ mod tests {
 
     #[test]
     fn without_a_namespace_nothing_is_written() {
-        let config = MetricsConfig::from_lookup(&|_: &str| None);
+        let config = MetricsConfig::default();
         assert_eq!(config.stack, "local");
         let m = Metrics::with_sink(&config, Arc::new(|_: &str| panic!("written")));
         assert!(!m.enabled());

@@ -1,7 +1,7 @@
 //! Choosing a backend from configuration and bundling the stores for the service.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -44,69 +44,52 @@ pub enum Backend {
     },
 }
 
-/// Upper bound of `AFFINITY_OFFER_EVENT_RETENTION_DAYS` (100 years): beyond it a typo, not a policy.
+/// Upper bound of the offer event retention (100 years): beyond it a typo, not a policy.
 const MAX_RETENTION_DAYS: u32 = 36_500;
 
 impl Backend {
-    /// Reads `AFFINITY_BACKEND` (embedded|aws|memory, default embedded) and its settings:
-    /// embedded: `AFFINITY_DATA_DIR` (default `.affinity`) holding `affinity.db` and `blobs/`;
-    /// aws: `AFFINITY_TABLE_PREFIX` (default `affinity-`), `AFFINITY_BUCKET` (required),
-    /// `AFFINITY_BLOB_PREFIX` (default empty), `AFFINITY_OFFER_EVENT_RETENTION_DAYS` (days
-    /// offer events are kept; absent, empty or 0 keeps them forever).
-    pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+    /// The embedded store kept in `dir`: `affinity.db` and `blobs/`.
+    pub fn embedded(dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref();
+        Backend::Embedded {
+            db_path: dir.join("affinity.db"),
+            blob_dir: dir.join("blobs"),
+        }
     }
 
-    /// Same as `from_env` with an injectable lookup (tests must not mutate the process env).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let kind = get("AFFINITY_BACKEND").unwrap_or_else(|| "embedded".into());
-        match kind.as_str() {
-            "embedded" => {
-                let dir =
-                    PathBuf::from(get("AFFINITY_DATA_DIR").unwrap_or_else(|| ".affinity".into()));
-                Ok(Backend::Embedded {
-                    db_path: dir.join("affinity.db"),
-                    blob_dir: dir.join("blobs"),
-                })
-            }
-            "memory" => Ok(Backend::Memory),
-            "aws" => {
-                let table_prefix =
-                    get("AFFINITY_TABLE_PREFIX").unwrap_or_else(|| "affinity-".into());
-                crate::dynamo::schema::validate_prefix(&table_prefix)?;
-                let bucket = get("AFFINITY_BUCKET")
-                    .filter(|b| !b.is_empty())
-                    .ok_or_else(|| {
-                        Error::invalid("AFFINITY_BUCKET", "must be set when AFFINITY_BACKEND=aws")
-                    })?;
-                let blob_prefix = get("AFFINITY_BLOB_PREFIX").unwrap_or_default();
-                let offer_event_retention_days =
-                    parse_retention_days(get("AFFINITY_OFFER_EVENT_RETENTION_DAYS"))?;
-                Ok(Backend::Aws {
-                    table_prefix,
-                    bucket,
-                    blob_prefix,
-                    offer_event_retention_days,
-                })
-            }
-            other => Err(Error::invalid(
-                "AFFINITY_BACKEND",
-                format!("{other:?} is not one of embedded|aws|memory"),
-            )),
+    /// DynamoDB tables named `{table_prefix}{table}` and the artifact `bucket`, checked: the
+    /// prefix must make valid table names and the bucket must be named.
+    pub fn aws(
+        table_prefix: String,
+        bucket: String,
+        blob_prefix: String,
+        offer_event_retention_days: Option<u32>,
+    ) -> Result<Self> {
+        crate::dynamo::schema::validate_prefix(&table_prefix)?;
+        if bucket.trim().is_empty() {
+            return Err(Error::invalid("bucket", "must be named"));
         }
+        Ok(Backend::Aws {
+            table_prefix,
+            bucket,
+            blob_prefix,
+            offer_event_retention_days,
+        })
     }
 }
 
-/// `AFFINITY_OFFER_EVENT_RETENTION_DAYS`: absent, empty or 0 = keep forever; else 1..=36500.
-fn parse_retention_days(raw: Option<String>) -> Result<Option<u32>> {
-    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+/// Days offer events are kept, as configured: empty or 0 keeps them forever, else
+/// 1..=36500 days.
+pub fn parse_retention_days(raw: &str) -> Result<Option<u32>> {
+    let raw = raw.trim();
+    if raw.is_empty() {
         return Ok(None);
-    };
-    match raw.trim().parse::<u32>() {
+    }
+    match raw.parse::<u32>() {
         Ok(0) => Ok(None),
         Ok(d) if d <= MAX_RETENTION_DAYS => Ok(Some(d)),
         _ => Err(Error::invalid(
-            "AFFINITY_OFFER_EVENT_RETENTION_DAYS",
+            "offer event retention",
             format!(
                 "{raw:?} must be a whole number of days, 0..={MAX_RETENTION_DAYS} (0 keeps events forever)"
             ),
@@ -310,15 +293,6 @@ impl BlobStore for MemoryBlobStore {
 mod tests {
     use super::*;
 
-    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(a, _)| *a == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
     fn assert_send<T: Send>(_: &T) {}
 
     #[test]
@@ -335,9 +309,7 @@ mod tests {
     #[tokio::test]
     async fn embedded_backend_opens_from_config_and_persists() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_string_lossy().into_owned();
-        let backend =
-            Backend::from_lookup(lookup(&[("AFFINITY_DATA_DIR", data.as_str())])).unwrap();
+        let backend = Backend::embedded(dir.path());
         let t = TenantId::default();
         let key = BlobKey::parse("models/v1/a.bin").unwrap();
         {
@@ -380,64 +352,27 @@ mod tests {
     }
 
     #[test]
-    fn backend_defaults_to_embedded() {
-        let b = Backend::from_lookup(lookup(&[])).unwrap();
-        assert_eq!(
-            b,
-            Backend::Embedded {
-                db_path: ".affinity/affinity.db".into(),
-                blob_dir: ".affinity/blobs".into()
-            }
-        );
-    }
-
-    #[test]
-    fn aws_backend_needs_a_bucket() {
-        assert!(Backend::from_lookup(lookup(&[("AFFINITY_BACKEND", "aws")])).is_err());
-        let b = Backend::from_lookup(lookup(&[
-            ("AFFINITY_BACKEND", "aws"),
-            ("AFFINITY_BUCKET", "artifacts"),
-            ("AFFINITY_TABLE_PREFIX", "shop-"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            b,
-            Backend::Aws {
-                table_prefix: "shop-".into(),
-                bucket: "artifacts".into(),
-                blob_prefix: String::new(),
-                offer_event_retention_days: None,
-            }
-        );
-        assert!(Backend::from_lookup(lookup(&[("AFFINITY_BACKEND", "cloud")])).is_err());
-    }
-
-    #[test]
-    fn offer_event_retention_is_opt_in_and_validated() {
-        let with = |days: &'static str| {
-            Backend::from_lookup(lookup(&[
-                ("AFFINITY_BACKEND", "aws"),
-                ("AFFINITY_BUCKET", "artifacts"),
-                ("AFFINITY_OFFER_EVENT_RETENTION_DAYS", days),
-            ]))
-        };
-        let days = |b: Backend| match b {
-            Backend::Aws {
-                offer_event_retention_days,
-                ..
-            } => offer_event_retention_days,
-            other => panic!("not aws: {other:?}"),
-        };
-        assert_eq!(days(with("400").unwrap()), Some(400));
-        assert_eq!(days(with(" 730 ").unwrap()), Some(730));
-        assert_eq!(days(with("0").unwrap()), None);
-        assert_eq!(days(with("").unwrap()), None);
+    fn offer_event_retention_is_opt_in_and_bounded() {
+        assert_eq!(parse_retention_days("400").unwrap(), Some(400));
+        assert_eq!(parse_retention_days(" 730 ").unwrap(), Some(730));
+        assert_eq!(parse_retention_days("0").unwrap(), None);
+        assert_eq!(parse_retention_days("").unwrap(), None);
         for bad in ["-1", "1.5", "forever", "36501"] {
-            let err = with(bad).unwrap_err().to_string();
-            assert!(
-                err.contains("AFFINITY_OFFER_EVENT_RETENTION_DAYS"),
-                "{bad}: {err}"
-            );
+            assert!(parse_retention_days(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_aws_backend_needs_a_valid_prefix_and_a_bucket() {
+        assert!(Backend::aws("shop-".into(), "artifacts".into(), String::new(), None).is_ok());
+        assert!(Backend::aws("shop-".into(), " ".into(), String::new(), None).is_err());
+        assert!(Backend::aws("no spaces".into(), "a".into(), String::new(), None).is_err());
+        assert_eq!(
+            Backend::embedded("d"),
+            Backend::Embedded {
+                db_path: "d/affinity.db".into(),
+                blob_dir: "d/blobs".into()
+            }
+        );
     }
 }

@@ -27,7 +27,7 @@ mod sqlite;
 mod traits;
 pub mod types;
 
-pub use config::{Backend, MemoryBlobStore, Stores, peer_sdk_config};
+pub use config::{Backend, MemoryBlobStore, Stores, parse_retention_days, peer_sdk_config};
 pub use dynamo::{DynamoOptions, DynamoStore};
 pub use error::{BadRow, BoxError, Conflict, Error, Result};
 pub use ids::{

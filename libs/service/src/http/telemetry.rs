@@ -13,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::settings::{LogFormat, Settings};
 
-/// Installs the global subscriber; a second call (tests, embedding) is a no-op.
+/// Installs the global subscriber (JSON lines on standard output for CloudWatch, or pretty
+/// lines on standard error, which leaves standard output to a binary's answer); a second call
+/// (tests, embedding) is a no-op.
 pub fn init(settings: &Settings) {
     let filter =
         EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -27,7 +29,7 @@ pub fn init(settings: &Settings) {
             // CloudWatch stamps every line itself.
             .without_time()
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => builder.compact().with_writer(std::io::stderr).try_init(),
     };
 }
 

@@ -69,59 +69,6 @@ impl Default for RetrainSettings {
 }
 
 impl RetrainSettings {
-    /// Defaults overridden by `AFFINITY_GATE_TOLERANCE`, `AFFINITY_GATE_MIN_CUSTOMERS`,
-    /// `AFFINITY_HOLDOUT_CUSTOMERS`, `AFFINITY_RETRAIN_LEASE_SECONDS`,
-    /// `AFFINITY_SCAN_SEGMENTS`, `AFFINITY_REFIT_ITERATIONS`, `AFFINITY_LOG_HASH_KEY`,
-    /// `AFFINITY_METRICS_NAMESPACE` and `AFFINITY_STACK`.
-    pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// Same as `from_env` with an injectable lookup (tests must not mutate the process env).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        fn parse<T: std::str::FromStr>(
-            get: &impl Fn(&str) -> Option<String>,
-            key: &str,
-        ) -> Result<Option<T>> {
-            get(key)
-                .map(|v| {
-                    v.trim().parse::<T>().map_err(|_| Error::Invalid {
-                        field: key.to_owned(),
-                        reason: format!("{v:?} is not a valid value"),
-                    })
-                })
-                .transpose()
-        }
-        let mut s = Self::default();
-        if let Some(t) = parse(&get, "AFFINITY_GATE_TOLERANCE")? {
-            s.gate.tolerance = t;
-        }
-        if let Some(n) = parse(&get, "AFFINITY_GATE_MIN_CUSTOMERS")? {
-            s.gate.min_customers = n;
-        }
-        if let Some(n) = parse(&get, "AFFINITY_HOLDOUT_CUSTOMERS")? {
-            s.holdout.max_customers = n;
-        }
-        if let Some(secs) = parse::<u64>(&get, "AFFINITY_RETRAIN_LEASE_SECONDS")? {
-            s.lease = Duration::from_secs(secs);
-        }
-        if let Some(n) = parse(&get, "AFFINITY_SCAN_SEGMENTS")? {
-            s.scan_segments = n;
-        }
-        if let Some(n) = parse(&get, "AFFINITY_REFIT_ITERATIONS")? {
-            s.refit_iterations = n;
-        }
-        s.metrics = crate::metrics::MetricsConfig::from_lookup(&get);
-        if let Some(k) = get("AFFINITY_LOG_HASH_KEY").filter(|k| !k.is_empty()) {
-            s.hash_key = Some(hex::decode(k.trim()).map_err(|_| Error::Invalid {
-                field: "AFFINITY_LOG_HASH_KEY".into(),
-                reason: "must be hex (e.g. 32 random bytes)".into(),
-            })?);
-        }
-        s.validate()?;
-        Ok(s)
-    }
-
     /// Refuses settings the pipeline cannot honour.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, reason: String| {
@@ -277,32 +224,5 @@ mod tests {
         let json: std::result::Result<TrainParams, _> =
             serde_json::from_str(r#"{"factors": 8, "bogus": 1}"#);
         assert!(json.is_err(), "unknown fields are refused");
-    }
-
-    #[test]
-    fn settings_come_from_the_environment() {
-        let env = |k: &str| match k {
-            "AFFINITY_GATE_TOLERANCE" => Some("0.05".to_owned()),
-            "AFFINITY_RETRAIN_LEASE_SECONDS" => Some("60".to_owned()),
-            "AFFINITY_REFIT_ITERATIONS" => Some("0".to_owned()),
-            _ => None,
-        };
-        let s = RetrainSettings::from_lookup(env).unwrap();
-        assert_eq!(s.gate.tolerance, 0.05);
-        assert_eq!(s.lease, Duration::from_secs(60));
-        assert_eq!(s.refit_iterations, 0, "0 asks for a final fit from scratch");
-        assert_eq!(RetrainSettings::default().refit_iterations, 3);
-        let bad = RetrainSettings::from_lookup(|k| {
-            (k == "AFFINITY_REFIT_ITERATIONS").then(|| "1000".to_owned())
-        });
-        assert!(bad.is_err());
-        let bad = RetrainSettings::from_lookup(|k| {
-            (k == "AFFINITY_GATE_TOLERANCE").then(|| "lots".to_owned())
-        });
-        assert!(bad.is_err());
-        let bad = RetrainSettings::from_lookup(|k| {
-            (k == "AFFINITY_GATE_TOLERANCE").then(|| "2".to_owned())
-        });
-        assert!(bad.is_err());
     }
 }

@@ -4,9 +4,10 @@
 //! environment alone is enough for each function's settings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use affinity_service::config::Config;
 use affinity_service::http::state::AppState;
 use affinity_service::metrics::{Metrics, MetricsConfig};
 use affinity_service::retrain::{self, RetrainDeps, RetrainRequest};
@@ -97,8 +98,7 @@ fn resolve(doc: &Value, name: &str, v: &Value) -> String {
     }
 }
 
-/// Every `AFFINITY_*` name the Rust sources mention, plus `RUST_LOG` where a binary lets
-/// tracing read it.
+/// Every `AFFINITY_*` name the Rust sources mention.
 fn names_read_by_the_code() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut todo = ["functions", "libs", "cli", "model"]
@@ -126,16 +126,9 @@ fn names_read_by_the_code() -> BTreeSet<String> {
                     out.insert(piece.to_owned());
                 }
             }
-            if text.contains("EnvFilter::try_from_default_env") && is_binary(&path) {
-                out.insert("RUST_LOG".into());
-            }
         }
     }
     out
-}
-
-fn is_binary(path: &Path) -> bool {
-    path.ends_with("src/main.rs")
 }
 
 #[test]
@@ -166,19 +159,34 @@ fn the_template_environment_is_enough_for_each_function() {
             .iter()
             .map(|(k, v)| (k.clone(), resolve(&doc, k, v)))
             .collect();
-        let lookup = |k: &str| vars.get(k).cloned();
-        // Both functions open the AWS backend with a table prefix and a bucket.
-        match Backend::from_lookup(lookup).unwrap() {
+        let config = Config::from_lookup(|k: &str| vars.get(k).cloned()).unwrap();
+        // Both functions open the AWS backend with the template's table prefix, the
+        // artifact bucket and the offer-event retention the stack's parameter sets.
+        let default_of = |param: &str| {
+            let p = get(&doc, "Parameters")
+                .and_then(|ps| get(ps, param))
+                .unwrap();
+            resolve(&doc, param, get(p, "Default").unwrap())
+        };
+        match config.backend().unwrap() {
             Backend::Aws {
                 table_prefix,
                 bucket,
-                ..
+                blob_prefix,
+                offer_event_retention_days,
             } => {
-                assert!(!table_prefix.is_empty() && !bucket.is_empty(), "{function}")
+                assert_eq!(table_prefix, default_of("TablePrefix"), "{function}");
+                assert!(bucket.starts_with("ref-"), "{function}: bucket {bucket}");
+                assert_eq!(blob_prefix, "", "{function}");
+                assert_eq!(
+                    offer_event_retention_days.unwrap_or(0).to_string(),
+                    default_of("OfferEventRetentionDays"),
+                    "{function}"
+                );
             }
             other => panic!("{function}: backend {other:?}"),
         }
-        let retrain = retrain::RetrainSettings::from_lookup(lookup).unwrap();
+        let retrain = config.retrain().unwrap();
         assert!(
             retrain.metrics.namespace.is_some(),
             "{function}: no metrics namespace"
@@ -187,8 +195,9 @@ fn the_template_environment_is_enough_for_each_function() {
             retrain.hash_key.is_some(),
             "{function}: no customer hash key"
         );
+        // Each function's own settings load from its environment alone.
+        let settings = config.settings().unwrap();
         if function == "ApiFunction" {
-            let settings = Settings::from_lookup(lookup).unwrap();
             assert!(
                 settings.retrain_function.is_some(),
                 "the api must hand retrains to the retrain function"
@@ -359,4 +368,112 @@ async fn alarms_watch_metrics_the_code_emits() {
             "{alarm}: statistic {stat}"
         );
     }
+}
+
+/// docs/operations.md's settings table: variable -> default column (backticks dropped).
+fn documented_settings() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let section = text
+        .split("\n## Settings\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/operations.md has a Settings section");
+    section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.trim_matches('`');
+            name.starts_with("AFFINITY_").then(|| {
+                (
+                    name.to_owned(),
+                    cells.get(2).unwrap_or(&"").replace('`', ""),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_settings_table_matches_the_loader_both_ways() {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    struct Loader {
+        #[command(flatten)]
+        config: Config,
+    }
+    let documented = documented_settings();
+    let loaded: BTreeSet<String> = Config::variables()
+        .into_iter()
+        .filter(|v| v.starts_with("AFFINITY_"))
+        .collect();
+    let doc_names: BTreeSet<String> = documented.keys().cloned().collect();
+    assert_eq!(
+        doc_names, loaded,
+        "docs/operations.md's table against Config"
+    );
+    // A default the loader declares is the one documented.
+    for arg in Loader::command().get_arguments() {
+        let (Some(env), Some(default)) = (arg.get_env(), arg.get_default_values().first()) else {
+            continue;
+        };
+        let env = env.to_string_lossy();
+        let default = default.to_string_lossy();
+        let doc = &documented[env.as_ref()];
+        assert!(
+            doc.starts_with(default.as_ref()) || (default.is_empty() && doc.starts_with("empty")),
+            "{env}: documented default {doc:?}, loader's {default:?}"
+        );
+    }
+    // The retrain's defaults live in RetrainSettings::default().
+    let d = retrain::RetrainSettings::default();
+    for (env, value) in [
+        ("AFFINITY_GATE_TOLERANCE", d.gate.tolerance.to_string()),
+        (
+            "AFFINITY_GATE_MIN_CUSTOMERS",
+            d.gate.min_customers.to_string(),
+        ),
+        (
+            "AFFINITY_HOLDOUT_CUSTOMERS",
+            d.holdout.max_customers.to_string(),
+        ),
+        (
+            "AFFINITY_RETRAIN_LEASE_SECONDS",
+            d.lease.as_secs().to_string(),
+        ),
+        ("AFFINITY_SCAN_SEGMENTS", d.scan_segments.to_string()),
+        ("AFFINITY_REFIT_ITERATIONS", d.refit_iterations.to_string()),
+    ] {
+        assert_eq!(documented[env], value, "{env}");
+    }
+}
+
+/// Every `AFFINITY_*` variable a doc names is one the code reads.
+#[test]
+fn every_variable_the_docs_name_is_read() {
+    let read = names_read_by_the_code();
+    let mut files = vec![root().join("README.md"), root().join("infra/README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    let mut unknown = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in text.match_indices("AFFINITY_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let name = name.trim_end_matches('_');
+            if !read.contains(name) {
+                unknown.insert(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "named by docs, read by nothing: {unknown:?}"
+    );
 }
