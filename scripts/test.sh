@@ -58,8 +58,10 @@ bash scripts/contract.sh "${CARGO_TARGET_DIR:-target}/debug/affinity"
 # The deploy rehearsal (docs/deploy.md): the template stood up in moto with IAM enforced, both
 # functions run under the Lambda emulator as their own roles through a retailer's first day;
 # then a rotating sample of policy statements, each removed in turn, must make a run fail.
-echo "==> deploy rehearsal (scripts/rehearse.sh, with a negative-control sample)"
-bash scripts/rehearse.sh --negative-control sample
+# It is the ignored test of the end-to-end crate (tests/deploy_rehearsal.rs), run here on its own.
+echo "==> deploy rehearsal (tests/deploy_rehearsal.rs: scripts/rehearse.sh, negative-control sample)"
+AFFINITY_REHEARSAL_ARGS="--negative-control sample" \
+  cargo test -p affinity-e2e --locked --test deploy_rehearsal -- --ignored --nocapture
 
 # The arm64 Lambda packages of the functions infra/template.yaml deploys, built with the cheap
 # `lambda-ci` profile (no fat LTO): proves on every run that both functions cross-compile and

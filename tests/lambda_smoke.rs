@@ -10,6 +10,8 @@
 //! `AFFINITY_TEST_CARGO_LAMBDA` with the binary's path.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -136,7 +138,8 @@ async fn the_built_function_answers_under_cargo_lambda_watch() {
     let data = tempfile::tempdir().unwrap();
     let key = prepare(data.path()).await;
     let port = free_port();
-    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    let api = support::binary("affinity-api");
+    let manifest_dir = support::root().join("functions/api");
     // The emulator serves the Lambda runtime API and function URLs; the function is the
     // binary this test run built, started the way Lambda starts it.
     let mut cmd = Command::new(&bin);
@@ -166,7 +169,7 @@ async fn the_built_function_answers_under_cargo_lambda_watch() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let function = Command::new(env!("CARGO_BIN_EXE_affinity-api"))
+    let function = Command::new(&api)
         .env("AWS_LAMBDA_RUNTIME_API", format!("http://{addr}/.rt"))
         .env("AWS_LAMBDA_FUNCTION_NAME", "_")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
