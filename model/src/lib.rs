@@ -14,6 +14,7 @@ pub mod crm;
 pub mod csr;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod ids;
 pub mod index;
 pub mod interactions;
