@@ -60,8 +60,9 @@ bash scripts/contract.sh "${CARGO_TARGET_DIR:-target}/debug/affinity"
 # then a rotating sample of policy statements, each removed in turn, must make a run fail.
 # It is the ignored test of the end-to-end crate (tests/deploy_rehearsal.rs), run here on its own.
 echo "==> deploy rehearsal (tests/deploy_rehearsal.rs: scripts/rehearse.sh, negative-control sample)"
+# --workspace keeps the test run's feature set, so the test binary is the one already built.
 AFFINITY_REHEARSAL_ARGS="--negative-control sample" \
-  cargo test -p affinity-e2e --locked --test deploy_rehearsal -- --ignored --nocapture
+  cargo test --workspace --locked --test deploy_rehearsal -- --ignored --nocapture
 
 # The arm64 Lambda packages of the functions infra/template.yaml deploys, built with the cheap
 # `lambda-ci` profile (no fat LTO): proves on every run that both functions cross-compile and
