@@ -322,14 +322,11 @@ async fn run(cli: Cli) -> Result<()> {
                 ..ImportOptions::default()
             };
             let r = stores.records.as_ref();
+            let csv = import::Csv::open(&file)?;
             let report = match kind {
-                Kind::Purchases => {
-                    import::import_purchases_file(&file, r, &tenant, opts, &progress).await
-                }
-                Kind::Items => import::import_items_file(&file, r, &tenant, opts, &progress).await,
-                Kind::Offers => {
-                    import::import_offers_file(&file, r, &tenant, opts, &progress).await
-                }
+                Kind::Purchases => import::import_purchases(csv, r, &tenant, opts, &progress).await,
+                Kind::Items => import::import_items(csv, r, &tenant, opts, &progress).await,
+                Kind::Offers => import::import_offers(csv, r, &tenant, opts, &progress).await,
             }?;
             bar.finish_and_clear();
             if cli.json {

@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use affinity_store::import::{ImportOptions, import_purchases_file};
+use affinity_store::import::{Csv, ImportOptions, import_purchases};
 use affinity_store::{DynamoOptions, DynamoStore, SqliteStore, TenantId, peer_sdk_config};
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
@@ -102,8 +102,14 @@ async fn main() -> Result<()> {
         write_csv(&csv, args.rows_embedded, args.seed)?;
         let store = SqliteStore::open(dir.path().join("affinity.db")).await?;
         let t = Instant::now();
-        let r = import_purchases_file(&csv, &store, &tenant, ImportOptions::default(), &progress)
-            .await?;
+        let r = import_purchases(
+            Csv::open(&csv)?,
+            &store,
+            &tenant,
+            ImportOptions::default(),
+            &progress,
+        )
+        .await?;
         let secs = t.elapsed().as_secs_f64();
         if r.inserted != args.rows_embedded {
             bail!(
@@ -132,8 +138,14 @@ async fn main() -> Result<()> {
         let store = DynamoStore::new(&sdk, DynamoOptions::new(prefix))?;
         store.create_tables().await?;
         let t = Instant::now();
-        let r =
-            import_purchases_file(&csv, &store, &tenant, ImportOptions::default(), &progress).await;
+        let r = import_purchases(
+            Csv::open(&csv)?,
+            &store,
+            &tenant,
+            ImportOptions::default(),
+            &progress,
+        )
+        .await;
         let secs = t.elapsed().as_secs_f64();
         store.delete_tables().await?;
         let r = r?;

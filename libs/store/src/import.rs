@@ -380,8 +380,7 @@ type Parsed<T> = (Vec<(u64, T)>, Vec<SkippedRow>);
 /// Parses every row of a CSV; returns the good rows with their line numbers and the bad ones.
 /// In all-or-nothing mode the first bad row is returned as an error instead.
 fn parse_all<T, R: Read>(
-    reader: R,
-    file: &str,
+    input: Csv<R>,
     allowed: &[(&str, bool)],
     skip_bad_rows: bool,
     parse: impl Fn(&Row<'_>) -> Result<T, FieldError>,
@@ -389,7 +388,8 @@ fn parse_all<T, R: Read>(
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
-        .from_reader(reader);
+        .from_reader(input.reader);
+    let file = input.name.as_str();
     let headers = rdr
         .headers()
         .map_err(|e| {
@@ -472,11 +472,30 @@ fn parse_all<T, R: Read>(
     Ok((good, skipped))
 }
 
-fn open(path: &Path) -> Result<(std::fs::File, String)> {
-    let name = path.display().to_string();
-    let f = std::fs::File::open(path)
-        .map_err(|e| Error::invalid("file", format!("cannot open {name}: {e}")))?;
-    Ok((f, name))
+/// A CSV input and the name its errors quote (`name:line: ...`).
+pub struct Csv<R> {
+    reader: R,
+    name: String,
+}
+
+impl<R: Read> Csv<R> {
+    /// `reader`, quoted in errors as `name`.
+    pub fn new(reader: R, name: impl Into<String>) -> Self {
+        Self {
+            reader,
+            name: name.into(),
+        }
+    }
+}
+
+impl Csv<std::io::BufReader<std::fs::File>> {
+    /// The file at `path`, quoted in errors by its path.
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let f = std::fs::File::open(path)
+            .map_err(|e| Error::invalid("file", format!("cannot open {name}: {e}")))?;
+        Ok(Self::new(std::io::BufReader::new(f), name))
+    }
 }
 
 fn tally_writes(report: &mut ImportReport, lines: &[u64], outcomes: &[WriteOutcome]) {
@@ -530,15 +549,14 @@ async fn write_in_batches<T: Clone>(
 
 /// Imports purchases from a CSV reader; `file` names the source in error messages.
 pub async fn import_purchases<R: Read>(
-    reader: R,
-    file: &str,
+    input: Csv<R>,
     store: &dyn PurchaseStore,
     tenant: &TenantId,
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
     let now = Utc::now();
-    let parsed = parse_all(reader, file, PURCHASE_COLUMNS, options.skip_bad_rows, |r| {
+    let parsed = parse_all(input, PURCHASE_COLUMNS, options.skip_bad_rows, |r| {
         parse_purchase(r, now)
     })?;
     write_in_batches(
@@ -554,30 +572,9 @@ pub async fn import_purchases<R: Read>(
     .await
 }
 
-/// Imports purchases from a CSV file.
-pub async fn import_purchases_file(
-    path: &Path,
-    store: &dyn PurchaseStore,
-    tenant: &TenantId,
-    options: ImportOptions,
-    progress: Progress<'_>,
-) -> Result<ImportReport> {
-    let (f, name) = open(path)?;
-    import_purchases(
-        std::io::BufReader::new(f),
-        &name,
-        store,
-        tenant,
-        options,
-        progress,
-    )
-    .await
-}
-
 /// Parses rows with `parse` and stores them with `upsert`: the catalog and offer imports.
 async fn import_upserts<T: Clone, R: Read>(
-    reader: R,
-    file: &str,
+    input: Csv<R>,
     columns: &[(&str, bool)],
     parse: fn(&Row<'_>, DateTime<Utc>) -> Result<T, FieldError>,
     options: ImportOptions,
@@ -585,9 +582,7 @@ async fn import_upserts<T: Clone, R: Read>(
     upsert: impl AsyncFn(&[T]) -> Result<Vec<UpsertOutcome>>,
 ) -> Result<ImportReport> {
     let now = crate::types::normalize_time(Utc::now());
-    let parsed = parse_all(reader, file, columns, options.skip_bad_rows, |r| {
-        parse(r, now)
-    })?;
+    let parsed = parse_all(input, columns, options.skip_bad_rows, |r| parse(r, now))?;
     write_in_batches(
         parsed,
         &options,
@@ -602,86 +597,26 @@ async fn import_upserts<T: Clone, R: Read>(
 
 /// Imports catalog items (upserts) from a CSV reader.
 pub async fn import_items<R: Read>(
-    reader: R,
-    file: &str,
+    input: Csv<R>,
     store: &dyn CatalogStore,
     tenant: &TenantId,
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
     let upsert = async |batch: &[CatalogItem]| store.upsert_items(tenant, batch).await;
-    import_upserts(
-        reader,
-        file,
-        ITEM_COLUMNS,
-        parse_item,
-        options,
-        progress,
-        upsert,
-    )
-    .await
-}
-
-/// Imports catalog items from a CSV file.
-pub async fn import_items_file(
-    path: &Path,
-    store: &dyn CatalogStore,
-    tenant: &TenantId,
-    options: ImportOptions,
-    progress: Progress<'_>,
-) -> Result<ImportReport> {
-    let (f, name) = open(path)?;
-    import_items(
-        std::io::BufReader::new(f),
-        &name,
-        store,
-        tenant,
-        options,
-        progress,
-    )
-    .await
+    import_upserts(input, ITEM_COLUMNS, parse_item, options, progress, upsert).await
 }
 
 /// Imports offers (upserts) from a CSV reader.
 pub async fn import_offers<R: Read>(
-    reader: R,
-    file: &str,
+    input: Csv<R>,
     store: &dyn OfferStore,
     tenant: &TenantId,
     options: ImportOptions,
     progress: Progress<'_>,
 ) -> Result<ImportReport> {
     let upsert = async |batch: &[OfferRecord]| store.upsert_offers(tenant, batch).await;
-    import_upserts(
-        reader,
-        file,
-        OFFER_COLUMNS,
-        parse_offer,
-        options,
-        progress,
-        upsert,
-    )
-    .await
-}
-
-/// Imports offers from a CSV file.
-pub async fn import_offers_file(
-    path: &Path,
-    store: &dyn OfferStore,
-    tenant: &TenantId,
-    options: ImportOptions,
-    progress: Progress<'_>,
-) -> Result<ImportReport> {
-    let (f, name) = open(path)?;
-    import_offers(
-        std::io::BufReader::new(f),
-        &name,
-        store,
-        tenant,
-        options,
-        progress,
-    )
-    .await
+    import_upserts(input, OFFER_COLUMNS, parse_offer, options, progress, upsert).await
 }
 
 #[cfg(test)]
@@ -717,9 +652,12 @@ mod tests {
         let csv = "order_id,line,customer_id,item_id,quantity,unit_price_minor,purchased_at\n\
                    o1,1,c1,i1,1,100,2024-01-01\n\
                    o2,1,c1,i2,zero,100,2024-01-01\n";
-        let err = parse_all(csv.as_bytes(), "p.csv", PURCHASE_COLUMNS, false, |r| {
-            parse_purchase(r, Utc::now())
-        })
+        let err = parse_all(
+            Csv::new(csv.as_bytes(), "p.csv"),
+            PURCHASE_COLUMNS,
+            false,
+            |r| parse_purchase(r, Utc::now()),
+        )
         .unwrap_err();
         match err {
             Error::BadRow(b) => {
@@ -735,8 +673,7 @@ mod tests {
     #[test]
     fn unknown_and_missing_columns_are_refused() {
         let err = parse_all(
-            "order_id,line,custmer_id\n".as_bytes(),
-            "p.csv",
+            Csv::new("order_id,line,custmer_id\n".as_bytes(), "p.csv"),
             PURCHASE_COLUMNS,
             true,
             |r| parse_purchase(r, Utc::now()),
@@ -748,8 +685,7 @@ mod tests {
             "{err}"
         );
         let err = parse_all(
-            "order_id,line\n".as_bytes(),
-            "p.csv",
+            Csv::new("order_id,line\n".as_bytes(), "p.csv"),
             PURCHASE_COLUMNS,
             true,
             |r| parse_purchase(r, Utc::now()),
@@ -766,9 +702,12 @@ mod tests {
                    o2,1,c1\n\
                    o3,x,c1,i1,1.00,2024-01-01\n\
                    o4,1,c1,i1,1.00,2024-01-01\n";
-        let (good, skipped) = parse_all(csv.as_bytes(), "p.csv", PURCHASE_COLUMNS, true, |r| {
-            parse_purchase(r, Utc::now())
-        })
+        let (good, skipped) = parse_all(
+            Csv::new(csv.as_bytes(), "p.csv"),
+            PURCHASE_COLUMNS,
+            true,
+            |r| parse_purchase(r, Utc::now()),
+        )
         .unwrap();
         assert_eq!(good.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![2, 5]);
         assert_eq!(

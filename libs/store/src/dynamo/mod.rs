@@ -388,11 +388,9 @@ impl Inner {
         first_err.map_or(Ok(()), Err)
     }
 
-    async fn write_chunk(&self, table: TableId, mut pending: Vec<WriteRequest>) -> Result<()> {
-        let name = self.table(table).to_string();
-        let mut stalled = 0u32;
-        while !pending.is_empty() {
-            let before = pending.len();
+    async fn write_chunk(&self, table: TableId, pending: Vec<WriteRequest>) -> Result<()> {
+        let name = &self.table(table).to_string();
+        let round = move |pending: Vec<WriteRequest>| async move {
             let out = self
                 .send("BatchWriteItem", || {
                     self.client
@@ -402,25 +400,50 @@ impl Inner {
                 })
                 .await?
                 .map_err(|e| svc_err("BatchWriteItem", e))?;
-            pending = out
+            let left = out
                 .unprocessed_items()
-                .and_then(|m| m.get(&name))
+                .and_then(|m| m.get(name))
                 .cloned()
                 .unwrap_or_default();
+            Ok(((), left))
+        };
+        self.in_rounds("BatchWriteItem (unprocessed items)", pending, round)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs batch rounds until nothing is left: each round returns its result and what the
+    /// service left unprocessed (throttling), which the next round sends again after a
+    /// backoff.
+    async fn in_rounds<T, O, Fut>(
+        &self,
+        operation: &str,
+        mut pending: Vec<T>,
+        mut round: impl FnMut(Vec<T>) -> Fut,
+    ) -> Result<Vec<O>>
+    where
+        Fut: std::future::Future<Output = Result<(O, Vec<T>)>>,
+    {
+        let mut out = Vec::new();
+        let mut stalled = 0u32;
+        while !pending.is_empty() {
+            let before = pending.len();
+            let (done, left) = round(pending).await?;
+            out.push(done);
+            pending = left;
             if pending.is_empty() {
                 break;
             }
-            tracing::debug!(table = %name, unprocessed = pending.len(), "retrying unprocessed items");
+            tracing::debug!(
+                operation,
+                unprocessed = pending.len(),
+                "retrying unprocessed requests"
+            );
             stalled = self
-                .unprocessed_round(
-                    "BatchWriteItem (unprocessed items)",
-                    stalled,
-                    before,
-                    &pending,
-                )
+                .unprocessed_round(operation, stalled, before, &pending)
                 .await?;
         }
-        Ok(())
+        Ok(out)
     }
 
     /// After a batch round left `left` of `before` requests unprocessed: the next round's
@@ -468,14 +491,11 @@ impl Inner {
         Ok(out)
     }
 
-    async fn get_chunk(&self, table: TableId, mut pending: Vec<Item>) -> Result<Vec<Item>> {
-        let name = self.table(table).to_string();
-        let mut found = Vec::new();
-        let mut stalled = 0u32;
-        while !pending.is_empty() {
-            let before = pending.len();
+    async fn get_chunk(&self, table: TableId, pending: Vec<Item>) -> Result<Vec<Item>> {
+        let name = &self.table(table).to_string();
+        let round = move |pending: Vec<Item>| async move {
             let ka = KeysAndAttributes::builder()
-                .set_keys(Some(pending.clone()))
+                .set_keys(Some(pending))
                 .consistent_read(true)
                 .build()
                 .map_err(|e| Error::backend(BACKEND, "BatchGetItem", e))?;
@@ -488,22 +508,22 @@ impl Inner {
                 })
                 .await?
                 .map_err(|e| svc_err("BatchGetItem", e))?;
-            if let Some(items) = out.responses().and_then(|m| m.get(&name)) {
-                found.extend(items.iter().cloned());
-            }
-            pending = out
+            let found = out
+                .responses()
+                .and_then(|m| m.get(name))
+                .cloned()
+                .unwrap_or_default();
+            let left = out
                 .unprocessed_keys()
-                .and_then(|m| m.get(&name))
+                .and_then(|m| m.get(name))
                 .map(|k| k.keys().to_vec())
                 .unwrap_or_default();
-            if pending.is_empty() {
-                break;
-            }
-            stalled = self
-                .unprocessed_round("BatchGetItem (unprocessed keys)", stalled, before, &pending)
-                .await?;
-        }
-        Ok(found)
+            Ok((found, left))
+        };
+        let rounds = self
+            .in_rounds("BatchGetItem (unprocessed keys)", pending, round)
+            .await?;
+        Ok(rounds.into_iter().flatten().collect())
     }
 }
 

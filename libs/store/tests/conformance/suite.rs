@@ -1035,8 +1035,7 @@ pub async fn import_is_all_or_nothing_unless_skipping(h: &Harness) {
         calls.store(n, Ordering::Relaxed);
     };
     let err = import::import_purchases(
-        PURCHASES_CSV.as_bytes(),
-        "orders.csv",
+        import::Csv::new(PURCHASES_CSV.as_bytes(), "orders.csv"),
         s.as_ref(),
         t,
         ImportOptions::default(),
@@ -1070,8 +1069,7 @@ pub async fn import_is_all_or_nothing_unless_skipping(h: &Harness) {
         batch_size: 2,
     };
     let report = import::import_purchases(
-        PURCHASES_CSV.as_bytes(),
-        "orders.csv",
+        import::Csv::new(PURCHASES_CSV.as_bytes(), "orders.csv"),
         s.as_ref(),
         t,
         opts,
@@ -1119,8 +1117,7 @@ pub async fn import_is_all_or_nothing_unless_skipping(h: &Harness) {
     // Re-import: all duplicates; a changed row is a reported conflict with its line.
     let again = PURCHASES_CSV.replace("o4,1,c3,sku-3,1,1.00", "o4,1,c3,sku-3,1,2.00");
     let report = import::import_purchases(
-        again.as_bytes(),
-        "orders.csv",
+        import::Csv::new(again.as_bytes(), "orders.csv"),
         s.as_ref(),
         t,
         opts,
@@ -1136,14 +1133,7 @@ pub async fn import_is_all_or_nothing_unless_skipping(h: &Harness) {
     assert_eq!(stored_count(h, t).await, 4);
 
     // A file path that does not exist is an input error.
-    let missing = import::import_purchases_file(
-        std::path::Path::new("/nonexistent/x.csv"),
-        s.as_ref(),
-        t,
-        opts,
-        &progress,
-    )
-    .await;
+    let missing = import::Csv::open(std::path::Path::new("/nonexistent/x.csv"));
     assert!(matches!(missing, Err(Error::Invalid { .. })));
 }
 
@@ -1160,10 +1150,15 @@ pub async fn import_items_and_offers(h: &Harness) {
          sku-2,Coffee,food,7,EUR,0,2024-02-01,yes,\n",
     )
     .unwrap();
-    let report =
-        import::import_items_file(&items_path, s.as_ref(), t, ImportOptions::default(), &noop)
-            .await
-            .unwrap();
+    let report = import::import_items(
+        import::Csv::open(&items_path).unwrap(),
+        s.as_ref(),
+        t,
+        ImportOptions::default(),
+        &noop,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.rows_read, report.inserted), (2, 2));
     let items = s.list_items(t).await.unwrap();
     assert_eq!(items[0].price_minor, 4990);
@@ -1172,8 +1167,7 @@ pub async fn import_items_and_offers(h: &Harness) {
 
     let bad = "item_id,title,attributes\nsku-3,x,[1]\n";
     let err = import::import_items(
-        bad.as_bytes(),
-        "items.csv",
+        import::Csv::new(bad.as_bytes(), "items.csv"),
         s.as_ref(),
         t,
         ImportOptions::default(),
@@ -1190,8 +1184,7 @@ pub async fn import_items_and_offers(h: &Harness) {
     let offers =
         "offer_id,status,document\nwelcome,active,\"{\"\"discount_pct\"\":10}\"\nold,archived,{}\n";
     let report = import::import_offers(
-        offers.as_bytes(),
-        "offers.csv",
+        import::Csv::new(offers.as_bytes(), "offers.csv"),
         s.as_ref(),
         t,
         ImportOptions::default(),
@@ -1205,8 +1198,7 @@ pub async fn import_items_and_offers(h: &Harness) {
     assert_eq!(list[1].document, json!({"discount_pct": 10}));
     let bad = "offer_id,status,document\nx,bogus,{}\n";
     let err = import::import_offers(
-        bad.as_bytes(),
-        "offers.csv",
+        import::Csv::new(bad.as_bytes(), "offers.csv"),
         s.as_ref(),
         t,
         ImportOptions::default(),
