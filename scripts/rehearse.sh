@@ -12,7 +12,8 @@
 #   bash scripts/rehearse.sh --without ApiFunction:ListArtifacts   # one statement removed
 #
 # Installs moto (scripts/test.sh's venv) and cfn-lint/aws-sam-translator
-# (infra/lint.sh's venv) when missing, builds the three binaries (debug), then runs.
+# (infra/lint.sh's venv) when missing, builds the three binaries (debug, as the tests do),
+# then runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,9 @@ if [ ! -x "$LINT_VENV/bin/python" ] || ! "$LINT_VENV/bin/python" -c "import samt
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --locked -p affinity-api -p affinity-retrain -p affinity-cli
+# The test run's own build step: after `cargo test --workspace` (scripts/test.sh) it compiles
+# nothing, and it leaves the three binaries (api, retrain, cli) in $CARGO_TARGET_DIR/debug.
+cargo test --workspace --no-run --locked --quiet
 exec "$VENV/bin/python" scripts/rehearsal/rehearse.py \
   --bin-dir "$CARGO_TARGET_DIR/debug" \
   --lint-python "$LINT_VENV/bin/python" \

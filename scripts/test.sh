@@ -52,7 +52,7 @@ fi
 
 # The API contract: schemathesis against the demo server, from the debug CLI the tests built.
 echo "==> API contract (schemathesis, scripts/contract.sh)"
-cargo build -p affinity-cli --bin affinity --locked
+cargo test --workspace --no-run --locked --quiet
 bash scripts/contract.sh "${CARGO_TARGET_DIR:-target}/debug/affinity"
 
 # The deploy rehearsal (docs/deploy.md): the template stood up in moto with IAM enforced, both
@@ -82,6 +82,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # issue): said loudly, so it is never mistaken for a packaged one.
   echo "    NOT PACKAGED (not in the workspace yet): ${missing[*]}"
 fi
+# Its own target directory: cargo-lambda builds with zig's compiler environment, which re-runs
+# C build scripts (ring) and so invalidated the host build of the next test run (minutes).
 if [ "${#present[@]}" -gt 0 ]; then
-  bash scripts/package-lambdas.sh --profile lambda-ci "${present[@]}"
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/lambda-build" \
+    bash scripts/package-lambdas.sh --profile lambda-ci "${present[@]}"
 fi
