@@ -147,13 +147,6 @@ struct SettingsOnly {
 }
 
 impl Config {
-    /// The settings as the process environment gives them.
-    pub fn from_env() -> Result<Self> {
-        SettingsOnly::try_parse_from(["affinity"])
-            .map(|s| s.config)
-            .map_err(|e| clap_error(&e))
-    }
-
     /// The settings as `get` gives them, ignoring the process environment: tests, and checks
     /// of the deployment template's environment. An empty value counts as set, as it does
     /// in the environment.

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use affinity_store::Backend;
 
-use crate::error::Result;
-
 /// Largest `k` any route accepts (documented in docs/api.md).
 pub const MAX_K: usize = 100;
 /// `k` when the request does not say.
@@ -81,11 +79,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the process environment through the one loader, [`crate::config::Config`].
-    pub fn from_env() -> Result<Self> {
-        crate::config::Config::from_env()?.settings()
-    }
-
     /// Settings for tests and embedding: memory store, model and keys re-checked on every
     /// request, default limits.
     pub fn for_tests() -> Self {
